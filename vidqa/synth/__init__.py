@@ -1,0 +1,1 @@
+"""vidqa/synth package."""
