@@ -1,0 +1,23 @@
+"""Shared fixtures: tiny random models are built once per session (they take ~1 s each)."""
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def qwen_adapter():
+    from vidqa.vlm import load_adapter
+
+    return load_adapter("tiny-random/qwen2_5_vl", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def llava_adapter():
+    from vidqa.vlm import load_adapter
+
+    return load_adapter("tiny-random/llava_onevision", device="cpu")
