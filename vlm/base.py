@@ -195,6 +195,23 @@ class VLMAdapter(ABC):
         attn = self.attention_modules()[0]
         return sys.modules[type(attn).__module__].apply_rotary_pos_emb
 
+    def rotate_keys(self, keys: torch.Tensor, delta: int) -> torch.Tensor:
+        """Keys ``[..., H, n, Dh]`` already rotated at position ``p`` re-rotated to ``p + delta``.
+
+        RoPE is a rotation per frequency band, so shifting every axis by ``delta`` is one more
+        rotation; cos/sin come from the model's own ``rotary_emb`` (M-RoPE sections composed by it).
+        """
+        if delta == 0:
+            return keys
+        pos = torch.full((self.position_dims, 1, 1), int(delta), dtype=torch.long, device=keys.device)
+        if self.position_dims == 1:
+            pos = pos[0]
+        probe = keys.new_zeros(1, 1, keys.shape[-1]).float()
+        cos, sin = self.language_model.rotary_emb(probe, pos)
+        flat = keys.reshape(-1, *keys.shape[-3:]).float()  # [B, H, n, Dh]
+        rotated, _ = self.rotary_fn()(flat, flat, cos, sin)
+        return rotated.reshape(keys.shape).to(keys.dtype)
+
     def capture_queries(self):
         """Context manager collecting each layer's rotated query states during forwards.
 

@@ -1,0 +1,136 @@
+"""Streaming ingest: chunks of visual tokens -> KV blocks, at a cost linear in video length.
+
+Each chunk is prefilled into the language model attending only to
+
+* the attention sinks -- the prompt prefix (StreamingLLM, Xiao et al. 2024),
+* a recurrent memory -- a few mean-pooled KV entries of every chunk that left the window, a
+  training-free, KV-level stand-in for the recurrent memory of VideoLLaMB (Wang et al. 2024) and
+  VideoStreaming (Qian et al. 2024), capped at ``recurrent_capacity`` entries (FIFO),
+* the last ``window_chunks`` chunks -- ReKV's sliding-window video encoding (Di et al. 2025) and
+  InfLLM's local window (Xiao et al. 2024),
+
+never the whole history. The chunk's own KV then leaves the GPU as a :class:`KVBlock`. GPU memory is
+therefore bounded by ``sinks + recurrent_capacity + (window_chunks + 1) * chunk`` entries whatever
+the video's length; host memory grows linearly (one block per chunk).
+
+With ``window_chunks`` >= the number of chunks and no recurrent memory, every chunk sees the full
+history and ingest is exactly a one-shot prefill of the same sequence (tested).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import torch
+from transformers import DynamicCache
+
+from vidqa.config import MemoryConfig
+from vidqa.memory.blocks import KVBlock, VideoMemory
+from vidqa.memory.cache import cache_from, cache_length, cache_tail
+from vidqa.memory.storage import StoredKV
+from vidqa.tokens import VisualTokens
+from vidqa.vlm.base import ChunkLayout, VLMAdapter
+
+
+class StreamingIngest:
+    """Builds a :class:`VideoMemory` chunk by chunk: ``add_chunk`` for each, then ``finish``."""
+
+    def __init__(self, adapter: VLMAdapter, config: MemoryConfig):
+        self.adapter = adapter
+        self.config = config
+        ids = adapter.tokenize(adapter.prompt_prefix())
+        cache = DynamicCache()
+        adapter.forward(adapter.embed_ids(ids), adapter.text_positions(len(ids), 0), cache)
+        self.sink_keys, self.sink_values = cache_tail(cache, len(ids))
+        self.position = len(ids)
+        self.blocks: list[KVBlock] = []
+        # (keys, values) [L, Hkv, n, Dh] of the chunks in the window, on the device.
+        self.window: deque[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = deque()
+        self.recurrent_keys: deque[torch.Tensor] = deque()  # each [L, Hkv, 1, Dh]
+        self.recurrent_values: deque[torch.Tensor] = deque()
+        self.peak_context = 0
+
+    def _context(self):
+        keys = [self.sink_keys, *self.recurrent_keys, *(k for k, _, _ in self.window)]
+        values = [self.sink_values, *self.recurrent_values, *(v for _, v, _ in self.window)]
+        return cache_from(torch.cat(keys, dim=2), torch.cat(values, dim=2))
+
+    def add_chunk(self, tokens: VisualTokens, layout: ChunkLayout, t_end: float) -> KVBlock:
+        """Prefills one chunk (reduced ``tokens`` of an unreduced ``layout``) and stores its KV.
+
+        ``t_end``: end (s) of the time the chunk covers, for evidence spans.
+        """
+        a = self.adapter
+        open_ids, close_ids = a.tokenize(a.chunk_open(layout.t0)), a.tokenize(a.chunk_close())
+        extra = a.chunk_close_embeds()
+        vis_start = self.position + len(open_ids)
+        after = vis_start + layout.extent
+        parts = [a.embed_ids(open_ids), tokens.embeds.to(a.device, a.dtype), a.embed_ids(close_ids)]
+        positions = [a.text_positions(len(open_ids), self.position),
+                     a.visual_positions(tokens, layout, vis_start),
+                     a.text_positions(len(close_ids), after)]
+        n_extra = 0
+        if extra is not None:
+            n_extra = extra.shape[0]
+            parts.append(extra.to(a.device, a.dtype))
+            positions.append(a.text_positions(n_extra, after + len(close_ids)))
+        embeds, pos = torch.cat(parts), torch.cat(positions, dim=1)
+        visual = torch.zeros(embeds.shape[0], dtype=torch.bool)
+        visual[len(open_ids):len(open_ids) + len(tokens)] = True
+
+        cache = self._context()
+        self.peak_context = max(self.peak_context, cache_length(cache) + embeds.shape[0])
+        a.forward(embeds, pos, cache, logits_for="hidden")
+        keys, values = cache_tail(cache, embeds.shape[0])
+        del cache
+
+        block = KVBlock(
+            keys=StoredKV.pack(keys, self.config.kv_bits, self.config.group_size),
+            values=StoredKV.pack(values, self.config.kv_bits, self.config.group_size),
+            visual=visual,
+            summary=keys[:, :, visual.to(keys.device)].float().mean(dim=2).cpu()
+            if len(tokens) else keys.float().mean(dim=2).cpu(),
+            start=self.position,
+            end=after + len(close_ids) + n_extra,
+            t_start=float(layout.t0),
+            t_end=float(t_end),
+            frames=torch.unique(tokens.frame).cpu(),
+            tokens_before_reduction=layout.num_tokens,
+        )
+        self.blocks.append(block)
+        self.position = block.end
+        self._slide(keys, values, visual.to(keys.device))
+        return block
+
+    def _slide(self, keys, values, visual) -> None:
+        """Pushes the new chunk into the window; chunks leaving it feed the recurrent memory."""
+        self.window.append((keys, values, visual))
+        while len(self.window) > self.config.window_chunks:
+            k, v, vis = self.window.popleft()
+            for sk, sv in _summaries(k, v, vis, self.config.recurrent_tokens):
+                self.recurrent_keys.append(sk)
+                self.recurrent_values.append(sv)
+            while len(self.recurrent_keys) > self.config.recurrent_capacity:
+                self.recurrent_keys.popleft()
+                self.recurrent_values.popleft()
+
+    def finish(self, model: str, video: dict, config_key: str, stats: dict) -> VideoMemory:
+        self.window.clear()
+        return VideoMemory(
+            sink_keys=self.sink_keys.cpu(), sink_values=self.sink_values.cpu(),
+            blocks=self.blocks, next_position=self.position, model=model, video=video,
+            config_key=config_key, stats={**stats, "peak_context_tokens": self.peak_context},
+        )
+
+
+def _summaries(keys, values, visual, count: int):
+    """``count`` mean-pooled (key, value) entries ``[L, Hkv, 1, Dh]`` over contiguous groups of the
+    chunk's visual tokens (in time order: the first group is the chunk's start)."""
+    if count == 0:
+        return []
+    idx = visual.nonzero().flatten()
+    if idx.numel() == 0:
+        return []
+    return [(keys[:, :, g].mean(dim=2, keepdim=True), values[:, :, g].mean(dim=2, keepdim=True))
+            for g in torch.tensor_split(idx, min(count, idx.numel()))]
+

@@ -1,0 +1,73 @@
+"""Host-side storage of one KV tensor: full precision or group-wise int8/int4.
+
+``StoredKV.pack(x, bits)`` moves a ``[L, H, n, D]`` tensor off the GPU (pinned host memory when CUDA
+is present, so that bringing it back is an asynchronous copy); with ``bits`` 8 or 4 it is quantized
+per token in groups of ``group_size`` channels (KIVI, Liu et al. 2024; ZipCache, He et al. 2024)
+by :mod:`vidqa.kernels.quant`, whose Triton kernel runs on the GPU before the copy and whose
+PyTorch reference runs on CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def _quant():
+    from vidqa.kernels import quant  # imported on first use: 16-bit storage needs no kernels
+
+    return quant
+
+
+@dataclass
+class StoredKV:
+    """One tensor ``[L, H, n, D]`` at rest. ``data`` is the tensor itself (bits 16) or a
+    ``QuantizedKV`` (bits 8/4)."""
+
+    data: object
+    bits: int
+    dtype: torch.dtype
+
+    @staticmethod
+    def pack(x: torch.Tensor, bits: int = 16, group_size: int = 32) -> "StoredKV":
+        if bits == 16:
+            host = x.detach().to("cpu", copy=True)
+            if torch.cuda.is_available():
+                host = host.pin_memory()
+            return StoredKV(host, 16, x.dtype)
+        q = _quant().quantize_kv(x.detach(), bits=bits, group_size=group_size).to("cpu")
+        return StoredKV(q, bits, x.dtype)
+
+    def unpack(self, device, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The tensor on ``device`` (dequantized there when quantized)."""
+        dtype = dtype or self.dtype
+        if self.bits == 16:
+            return self.data.to(device=device, dtype=dtype, non_blocking=True)
+        return _quant().dequantize_kv(self.data.to(device)).to(dtype)
+
+    @property
+    def nbytes(self) -> int:
+        if self.bits == 16:
+            return self.data.numel() * self.data.element_size()
+        return sum(t.numel() * t.element_size() for t in self.tensors().values())
+
+    def tensors(self, prefix: str = "") -> dict[str, torch.Tensor]:
+        """Flat name -> tensor map for safetensors."""
+        if self.bits == 16:
+            return {f"{prefix}x": self.data.contiguous()}
+        return {f"{prefix}{k}": v.contiguous() for k, v in self.data.state_dict().items()}
+
+    def meta(self) -> dict:
+        m = {"bits": self.bits, "dtype": str(self.dtype).removeprefix("torch.")}
+        if self.bits != 16:
+            m["quant"] = self.data.meta()
+        return m
+
+    @staticmethod
+    def from_tensors(tensors: dict[str, torch.Tensor], meta: dict, prefix: str = "") -> "StoredKV":
+        dtype = getattr(torch, meta["dtype"])
+        if meta["bits"] == 16:
+            return StoredKV(tensors[f"{prefix}x"], 16, dtype)
+        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        return StoredKV(_quant().QuantizedKV.from_state_dict(state, meta["quant"]), meta["bits"], dtype)

@@ -1,0 +1,174 @@
+"""Memory promises: streaming ingest + recall equals the full-context forward; bounded context;
+retrieval finds a planted needle; compression at full budget is the identity."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import DynamicCache
+
+from vidqa.config import MemoryConfig
+from vidqa.memory import StreamingIngest, recall
+from vidqa.memory.compress import compress_layer
+from vidqa.memory.retrieve import select_blocks
+from vidqa.tokens import VisualTokens
+
+
+def _chunks(adapter, n_chunks, frames_per_chunk=4, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for c in range(n_chunks):
+        frames = rng.integers(0, 256, (frames_per_chunk, 32, 32, 3), dtype=np.uint8)
+        times = np.arange(frames_per_chunk, dtype=float) + c * frames_per_chunk
+        tokens = adapter.encode(frames, times, first_index=c * frames_per_chunk)
+        out.append((tokens, adapter.chunk_layout(tokens), float(times[-1] + 1)))
+    return out
+
+
+def _ingest(adapter, chunks, config):
+    ing = StreamingIngest(adapter, config)
+    for tokens, layout, t_end in chunks:
+        ing.add_chunk(tokens, layout, t_end)
+    return ing.finish(model=adapter.name, video={}, config_key="k", stats={})
+
+
+def _full_sequence(adapter, chunks, question):
+    """The one-shot sequence the memory stands for: prefix, every chunk, the question."""
+    embeds, positions, pos = [], [], 0
+
+    def text(t):
+        nonlocal pos
+        ids = adapter.tokenize(t)
+        embeds.append(adapter.embed_ids(ids))
+        positions.append(adapter.text_positions(len(ids), pos))
+        pos += len(ids)
+
+    text(adapter.prompt_prefix())
+    for tokens, layout, _ in chunks:
+        text(adapter.chunk_open(layout.t0))
+        embeds.append(tokens.embeds)
+        positions.append(adapter.visual_positions(tokens, layout, pos))
+        pos += layout.extent
+        text(adapter.chunk_close())
+    text(adapter.prompt_question(question))
+    return torch.cat(embeds), torch.cat(positions, dim=1)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl"])
+def test_streaming_ingest_and_recall_equal_full_forward(request, family):
+    adapter = request.getfixturevalue("qwen_adapter")
+    chunks = _chunks(adapter, 4)
+    config = MemoryConfig(window_chunks=10, recurrent_tokens=0, token_budget=10**6)
+    memory = _ingest(adapter, chunks, config)
+    question = adapter.prompt_question("What happened?")
+    q_ids = adapter.tokenize(question)
+    rec = recall(adapter, memory, adapter.embed_ids(q_ids), config)
+    ours = adapter.forward(adapter.embed_ids(q_ids), adapter.text_positions(len(q_ids), rec.next_position), rec.cache)
+    embeds, positions = _full_sequence(adapter, chunks, "What happened?")
+    full = adapter.forward(embeds, positions, DynamicCache())
+    torch.testing.assert_close(ours, full, atol=1e-5, rtol=1e-5)
+    assert rec.blocks == [0, 1, 2, 3]
+
+
+def test_window_bounds_the_context_whatever_the_length(qwen_adapter):
+    config = MemoryConfig(window_chunks=1, recurrent_tokens=2, recurrent_capacity=4)
+    peaks = []
+    for n in (5, 12):
+        memory = _ingest(qwen_adapter, _chunks(qwen_adapter, n), config)
+        peaks.append(memory.stats["peak_context_tokens"])
+        assert len(memory.blocks) == n
+    assert peaks[0] == peaks[1]  # bounded: sinks + capacity + window + chunk, not the history
+
+
+def test_compact_positions_equal_a_forward_of_the_contiguous_sequence(qwen_adapter):
+    """Re-rotating retrieved blocks by a position delta equals prefilling them at the new place."""
+    adapter = qwen_adapter
+    chunks = _chunks(adapter, 3)
+    config = MemoryConfig(window_chunks=10, recurrent_tokens=0, token_budget=10**6, positions="compact")
+    memory = _ingest(adapter, chunks, config)
+    block = memory.blocks[1]
+    dev = adapter.device
+    moved = adapter.rotate_keys(block.keys.unpack(dev), -7)
+    back = adapter.rotate_keys(moved, 7)
+    torch.testing.assert_close(back, block.keys.unpack(dev), atol=1e-5, rtol=1e-5)
+    # Compact with no gaps between blocks is the identity on positions, so logits are unchanged.
+    q_ids = adapter.tokenize(adapter.prompt_question("Q"))
+    rec = recall(adapter, memory, adapter.embed_ids(q_ids), config)
+    assert rec.next_position == memory.next_position
+    # Dropping the middle block: compact shifts block 2 down by block 1's span.
+    small = MemoryConfig(**{**config.__dict__, "token_budget": memory.blocks[0].num_visual + memory.blocks[2].num_visual,
+                            "first_blocks": 1, "recent_blocks": 1})
+    rec2 = recall(adapter, memory, adapter.embed_ids(q_ids), small)
+    assert rec2.blocks == [0, 2]
+    span1 = memory.blocks[1].end - memory.blocks[1].start
+    assert rec2.next_position == memory.next_position - span1
+
+
+def test_retrieval_finds_a_planted_needle():
+    """Summary keys built so that one block aligns with the question's queries: it is chosen."""
+    from vidqa.memory.blocks import KVBlock
+    from vidqa.memory.retrieve import score_blocks
+    from vidqa.memory.storage import StoredKV
+
+    torch.manual_seed(0)
+    layers, hkv, dh, hq = 2, 2, 16, 4
+    needle_dir = torch.randn(layers, hkv, dh)
+    blocks = []
+    for i in range(20):
+        summary = torch.randn(layers, hkv, dh) * 0.1 + (3 * needle_dir if i == 13 else 0)
+        kv = StoredKV(torch.zeros(layers, hkv, 5, dh), 16, torch.float32)
+        blocks.append(KVBlock(kv, kv, torch.ones(5, dtype=torch.bool), summary, i * 5, i * 5 + 5,
+                              float(i), float(i + 1), torch.tensor([i]), 5))
+    queries = [needle_dir[l].repeat_interleave(hq // hkv, 0)[:, None, :].expand(hq, 3, dh) for l in range(layers)]
+    scores = score_blocks(queries, blocks)
+    assert int(scores.argmax()) == 13
+    chosen = select_blocks(scores, blocks, token_budget=10, first_blocks=0, recent_blocks=1)
+    assert chosen == [13, 19]
+
+
+def test_select_blocks_meets_the_budget_exactly():
+    from vidqa.memory.blocks import KVBlock
+    from vidqa.memory.storage import StoredKV
+
+    kv = StoredKV(torch.zeros(1, 1, 4, 2), 16, torch.float32)
+    blocks = [KVBlock(kv, kv, torch.ones(4, dtype=torch.bool), torch.zeros(1, 1, 2), 0, 4, 0.0, 1.0,
+                      torch.tensor([0]), 4) for _ in range(10)]
+    scores = torch.arange(10.0)
+    chosen = select_blocks(scores, blocks, token_budget=12, recent_blocks=0)
+    assert chosen == [7, 8, 9]
+    assert sum(blocks[i].num_visual for i in chosen) <= 12
+
+
+def test_compression_at_full_budget_is_identity_and_merging_preserves_mass():
+    torch.manual_seed(1)
+    keys, values = torch.randn(2, 10, 8), torch.randn(2, 10, 8)
+    visual = torch.tensor([False, False] + [True] * 8)
+    queries = torch.randn(4, 3, 8)
+    k, v, keep = compress_layer(keys, values, visual, queries, keep_visual=8)
+    assert torch.equal(k, keys) and torch.equal(v, values) and keep.tolist() == list(range(10))
+    k, v, keep = compress_layer(keys, values, visual, queries, keep_visual=3, merge=True)
+    assert k.shape == (2, 5, 8) and keep[:2].tolist() == [0, 1]  # text always kept
+    # each kept visual value is the mean of itself and what merged into it: total mass preserved
+    kept_vis = keep[2:]
+    from vidqa.memory.compress import importance  # noqa: F401  (same scores, recomputed inside)
+    # sum over kept of value*count == sum over all visual values
+    flat = keys.transpose(0, 1).reshape(10, -1)
+    evicted = [i for i in range(2, 10) if i not in kept_vis.tolist()]
+    sim = torch.nn.functional.normalize(flat[evicted], dim=-1) @ torch.nn.functional.normalize(flat[kept_vis], dim=-1).T
+    counts = torch.ones(len(kept_vis))
+    counts.index_add_(0, sim.argmax(-1), torch.ones(len(evicted)))
+    torch.testing.assert_close((v[:, 2:] * counts.view(1, -1, 1)).sum(1), values[:, 2:].sum(1), atol=1e-5, rtol=1e-5)
+
+
+def test_recall_with_small_budget_attends_fewer_tokens(qwen_adapter):
+    adapter = qwen_adapter
+    chunks = _chunks(adapter, 4)
+    config = MemoryConfig(window_chunks=2, token_budget=40, compress_ratio=0.5)
+    memory = _ingest(adapter, chunks, config)
+    q = adapter.embed_ids(adapter.tokenize(adapter.prompt_question("Where?")))
+    rec = recall(adapter, memory, q, config)
+    chosen_visual = sum(memory.blocks[i].num_visual for i in rec.blocks)
+    assert len(rec.blocks) < 4
+    assert rec.visual_attended == -(-chosen_visual // 2)
+    text_entries = memory.sink_keys.shape[2] + sum(memory.blocks[i].num_tokens - memory.blocks[i].num_visual
+                                                    for i in rec.blocks)
+    assert rec.cache.layers[0].keys.shape[2] == text_entries + rec.visual_attended

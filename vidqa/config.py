@@ -1,0 +1,131 @@
+"""Configuration dataclasses: one place for every knob, validated where it is set.
+
+Precedence (applied by the CLI): defaults < config file (YAML/TOML) < environment (``VIDQA_*``)
+< flags. ``VidqaConfig.ingest_key()`` is the part that decides what a saved memory contains: a
+question-time knob never invalidates a memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+from vidqa.errors import ConfigError
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+@dataclass
+class VideoConfig:
+    """How frames are sampled. ``chunk_frames`` must be even (Qwen's 2-frame temporal patches)."""
+
+    fps: float = 1.0
+    num_frames: int | None = None
+    max_frames: int = 14400  # 4 hours at 1 fps
+    chunk_frames: int = 16
+    max_pixels: int | None = None  # None: the adapter's processor default
+    decoder: str = "auto"
+
+    def __post_init__(self):
+        _check(self.fps > 0, f"fps must be positive, got {self.fps}")
+        _check(self.num_frames is None or self.num_frames > 0, "num_frames must be positive")
+        _check(self.max_frames > 0, f"max_frames must be positive, got {self.max_frames}")
+        _check(self.chunk_frames >= 2 and self.chunk_frames % 2 == 0,
+               f"chunk_frames must be an even number >= 2, got {self.chunk_frames}")
+        _check(self.max_pixels is None or self.max_pixels >= 64, "max_pixels too small")
+        _check(self.decoder in ("auto", "pyav", "decord"),
+               f"decoder must be one of auto, pyav, decord; got {self.decoder!r}")
+
+
+@dataclass
+class MemoryConfig:
+    """Streaming memory (ingest) and recall (per question).
+
+    Ingest: each chunk attends to the sink prompt, ``recurrent_tokens`` summary tokens of older
+    chunks and the last ``window_chunks`` chunks. Blocks (one per chunk) go to host memory, stored
+    at ``kv_bits`` (16 = the model's dtype, 8/4 = group-wise quantized).
+
+    Ask: blocks are scored against the question and the best kept within ``token_budget`` visual
+    tokens (``recent_blocks`` newest and ``first_blocks`` oldest always in); then ``compress_ratio``
+    of the retrieved visual KV is kept per layer (LOOK-M), the rest merged into kept entries.
+    ``positions``: ``original`` keeps each block's ingest positions (ReKV); ``compact`` re-rotates the
+    retrieved blocks so that they sit next to each other (InfLLM).
+    """
+
+    window_chunks: int = 2
+    recurrent_tokens: int = 2  # per chunk leaving the window
+    recurrent_capacity: int = 128
+    kv_bits: int = 16
+    group_size: int = 32
+    token_budget: int = 8192
+    recent_blocks: int = 1
+    first_blocks: int = 0
+    compress_ratio: float = 1.0
+    observation_window: int = 8
+    positions: str = "original"
+
+    def __post_init__(self):
+        _check(self.window_chunks >= 0, "window_chunks must be >= 0")
+        _check(self.recurrent_tokens >= 0 and self.recurrent_capacity >= 0,
+               "recurrent memory sizes must be >= 0")
+        _check(self.kv_bits in (4, 8, 16), f"kv_bits must be 4, 8 or 16, got {self.kv_bits}")
+        _check(self.group_size > 0, "group_size must be positive")
+        _check(self.token_budget > 0, f"token_budget must be positive, got {self.token_budget}")
+        _check(self.recent_blocks >= 0 and self.first_blocks >= 0, "block counts must be >= 0")
+        _check(0 < self.compress_ratio <= 1, f"compress_ratio must be in (0, 1], got {self.compress_ratio}")
+        _check(self.observation_window > 0, "observation_window must be positive")
+        _check(self.positions in ("original", "compact"),
+               f"positions must be 'original' or 'compact', got {self.positions!r}")
+
+
+INGEST_MEMORY_FIELDS = ("window_chunks", "recurrent_tokens", "recurrent_capacity", "kv_bits", "group_size")
+
+
+@dataclass
+class VidqaConfig:
+    """Everything a run needs besides the model name. ``reducers``: a chain spec such as
+    ``"temporal:keep_ratio=0.5,tome:keep_ratio=0.5"`` (empty: no reduction)."""
+
+    video: VideoConfig = field(default_factory=VideoConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    reducers: str = ""
+    max_new_tokens: int = 64
+    cache_dir: str | None = None  # None: ~/.cache/vidqa (VIDQA_CACHE_DIR overrides)
+
+    def __post_init__(self):
+        _check(self.max_new_tokens > 0, "max_new_tokens must be positive")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "VidqaConfig":
+        data = dict(data)
+        unknown = set(data) - {f.name for f in fields(cls)}
+        _check(not unknown, f"unknown config keys: {sorted(unknown)}")
+        video = _sub(VideoConfig, data.pop("video", {}) or {}, "video")
+        memory = _sub(MemoryConfig, data.pop("memory", {}) or {}, "memory")
+        return cls(video=video, memory=memory, **data)
+
+    def ingest_key(self) -> str:
+        """Hash of the settings that change what ingest stores (not question-time knobs)."""
+        agnostic = {
+            "video": asdict(self.video),
+            "memory": {k: getattr(self.memory, k) for k in INGEST_MEMORY_FIELDS},
+            "reducers": self.reducers,
+        }
+        agnostic["video"].pop("decoder")  # every backend returns the same frames
+        blob = json.dumps(agnostic, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _sub(cls, data: dict, name: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section {name!r} must be a mapping")
+    unknown = set(data) - {f.name for f in fields(cls)}
+    _check(not unknown, f"unknown keys in config section {name!r}: {sorted(unknown)}")
+    return cls(**data)
