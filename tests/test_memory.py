@@ -15,9 +15,10 @@ from vidqa.tokens import VisualTokens
 
 def _chunks(adapter, n_chunks, frames_per_chunk=4, seed=0):
     rng = np.random.default_rng(seed)
+    side = 16 if adapter.family == "llava_onevision" else 32
     out = []
     for c in range(n_chunks):
-        frames = rng.integers(0, 256, (frames_per_chunk, 32, 32, 3), dtype=np.uint8)
+        frames = rng.integers(0, 256, (frames_per_chunk, side, side, 3), dtype=np.uint8)
         times = np.arange(frames_per_chunk, dtype=float) + c * frames_per_chunk
         tokens = adapter.encode(frames, times, first_index=c * frames_per_chunk)
         out.append((tokens, adapter.chunk_layout(tokens), float(times[-1] + 1)))
@@ -49,13 +50,18 @@ def _full_sequence(adapter, chunks, question):
         positions.append(adapter.visual_positions(tokens, layout, pos))
         pos += layout.extent
         text(adapter.chunk_close())
+        extra = adapter.chunk_close_embeds()
+        if extra is not None:
+            embeds.append(extra)
+            positions.append(adapter.text_positions(extra.shape[0], pos))
+            pos += extra.shape[0]
     text(adapter.prompt_question(question))
     return torch.cat(embeds), torch.cat(positions, dim=1)
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl"])
-def test_streaming_ingest_and_recall_equal_full_forward(request, family):
-    adapter = request.getfixturevalue("qwen_adapter")
+@pytest.mark.parametrize("fixture", ["qwen_adapter", "llava_adapter"])
+def test_streaming_ingest_and_recall_equal_full_forward(request, fixture):
+    adapter = request.getfixturevalue(fixture)
     chunks = _chunks(adapter, 4)
     config = MemoryConfig(window_chunks=10, recurrent_tokens=0, token_budget=10**6)
     memory = _ingest(adapter, chunks, config)
@@ -79,9 +85,10 @@ def test_window_bounds_the_context_whatever_the_length(qwen_adapter):
     assert peaks[0] == peaks[1]  # bounded: sinks + capacity + window + chunk, not the history
 
 
-def test_compact_positions_equal_a_forward_of_the_contiguous_sequence(qwen_adapter):
-    """Re-rotating retrieved blocks by a position delta equals prefilling them at the new place."""
-    adapter = qwen_adapter
+@pytest.mark.parametrize("fixture", ["qwen_adapter", "llava_adapter"])
+def test_compact_positions_shift_blocks_together(request, fixture):
+    """Re-rotation by a delta is invertible; compact recall closes the gap of a skipped block."""
+    adapter = request.getfixturevalue(fixture)
     chunks = _chunks(adapter, 3)
     config = MemoryConfig(window_chunks=10, recurrent_tokens=0, token_budget=10**6, positions="compact")
     memory = _ingest(adapter, chunks, config)
@@ -172,3 +179,15 @@ def test_recall_with_small_budget_attends_fewer_tokens(qwen_adapter):
     text_entries = memory.sink_keys.shape[2] + sum(memory.blocks[i].num_tokens - memory.blocks[i].num_visual
                                                     for i in rec.blocks)
     assert rec.cache.layers[0].keys.shape[2] == text_entries + rec.visual_attended
+
+
+@pytest.mark.parametrize("fixture", ["qwen_adapter", "llava_adapter"])
+def test_rotating_keys_by_a_delta_equals_prefilling_at_the_shifted_position(request, fixture):
+    adapter = request.getfixturevalue(fixture)
+    tokens, layout, _ = _chunks(adapter, 1)[0]
+    keys = []
+    for start in (40, 40 + 123):
+        cache = DynamicCache()
+        adapter.forward(tokens.embeds, adapter.visual_positions(tokens, layout, start), cache)
+        keys.append(torch.stack([layer.keys[0] for layer in cache.layers]))
+    torch.testing.assert_close(adapter.rotate_keys(keys[0], 123), keys[1], atol=1e-4, rtol=1e-4)

@@ -147,7 +147,7 @@ def tiny_llava_onevision(seed: int = 0):
         image_processor=LlavaOnevisionImageProcessor(image_grid_pinpoints=[[16, 16]], **common),
         video_processor=LlavaOnevisionVideoProcessor(**common),
         tokenizer=tok, chat_template=LLAVA_CHAT_TEMPLATE,
-        num_image_tokens=4, vision_feature_select_strategy="full",
+        num_image_tokens=16, vision_feature_select_strategy="full",  # 4x4 patches before pooling
     )
     return model, processor
 
