@@ -1,0 +1,76 @@
+"""Saved memories: exact round trip, atomic replace, damaged or stale files detected."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vidqa.config import MemoryConfig
+from vidqa.errors import CacheError
+from vidqa.memory import StreamingIngest
+from vidqa.memory.persist import MANIFEST, TENSORS, load_memory, save_memory
+
+
+@pytest.fixture(scope="module")
+def memory(qwen_adapter):
+    rng = np.random.default_rng(0)
+    ing = StreamingIngest(qwen_adapter, MemoryConfig(window_chunks=1))
+    for c in range(3):
+        frames = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+        tokens = qwen_adapter.encode(frames, np.arange(4.0) + 4 * c, first_index=4 * c)
+        ing.add_chunk(tokens, qwen_adapter.chunk_layout(tokens), 4.0 * c + 4)
+    return ing.finish("tiny-random/qwen2_5_vl", {"path": "x.mp4"}, "key1", {"timings": {"total": 1.0}})
+
+
+def test_round_trip_is_exact(memory, tmp_path):
+    save_memory(memory, tmp_path / "m")
+    back = load_memory(tmp_path / "m", {"model": memory.model, "config_key": "key1"})
+    assert torch.equal(back.sink_keys, memory.sink_keys)
+    assert len(back.blocks) == len(memory.blocks) and back.next_position == memory.next_position
+    for a, b in zip(back.blocks, memory.blocks):
+        assert torch.equal(a.keys.unpack("cpu"), b.keys.unpack("cpu"))
+        assert torch.equal(a.values.unpack("cpu"), b.values.unpack("cpu"))
+        assert torch.equal(a.visual, b.visual) and torch.equal(a.summary, b.summary)
+        assert (a.start, a.end, a.t_start, a.t_end) == (b.start, b.end, b.t_start, b.t_end)
+    assert back.video == {"path": "x.mp4"} and back.stats["timings"]["total"] == 1.0
+
+
+def test_truncated_file_is_detected(memory, tmp_path):
+    save_memory(memory, tmp_path / "m")
+    data = (tmp_path / "m" / TENSORS).read_bytes()
+    (tmp_path / "m" / TENSORS).write_bytes(data[: len(data) // 2])
+    with pytest.raises(CacheError, match="truncated"):
+        load_memory(tmp_path / "m")
+
+
+def test_tampered_file_is_detected(memory, tmp_path):
+    save_memory(memory, tmp_path / "m")
+    path = tmp_path / "m" / TENSORS
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CacheError, match="checksum"):
+        load_memory(tmp_path / "m")
+
+
+def test_stale_or_missing_manifest_is_detected(memory, tmp_path):
+    save_memory(memory, tmp_path / "m")
+    with pytest.raises(CacheError, match="stale"):
+        load_memory(tmp_path / "m", {"config_key": "other"})
+    manifest = json.loads((tmp_path / "m" / MANIFEST).read_text())
+    manifest["format"] = 999
+    (tmp_path / "m" / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(CacheError, match="format"):
+        load_memory(tmp_path / "m")
+    (tmp_path / "m" / MANIFEST).unlink()
+    with pytest.raises(CacheError, match="manifest"):
+        load_memory(tmp_path / "m")
+
+
+def test_saving_over_an_existing_memory_replaces_it_whole(memory, tmp_path):
+    save_memory(memory, tmp_path / "m")
+    save_memory(memory, tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == sorted([MANIFEST, TENSORS])
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+    load_memory(tmp_path / "m")
