@@ -1,0 +1,88 @@
+"""End to end: VideoQA and the CLI on a generated video with a tiny random model."""
+
+import json
+
+import pytest
+
+from vidqa.app.cli import main
+from vidqa.config import MemoryConfig, VidqaConfig, VideoConfig
+from vidqa.errors import QuestionError
+from vidqa.pipeline import VideoQA
+
+from videos import make_video
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return make_video(tmp_path_factory.mktemp("clip") / "clip.mp4", 80, fps=4, width=64, height=48)
+
+
+@pytest.fixture
+def qa(tmp_path, qwen_adapter):
+    config = VidqaConfig(video=VideoConfig(chunk_frames=4), memory=MemoryConfig(token_budget=60),
+                         cache_dir=str(tmp_path / "cache"), max_new_tokens=6)
+    return VideoQA(model="tiny-random/qwen2_5_vl", config=config, adapter=qwen_adapter)
+
+
+def test_ingest_then_two_questions_reuse_the_memory(qa, clip, monkeypatch):
+    memory = qa.ingest(clip)
+    assert len(memory.blocks) == 5 and memory.video["frames"] == 20
+    calls = []
+    monkeypatch.setattr(qa.adapter, "encode", lambda *a, **k: calls.append(1))
+    first = qa.ask(clip, "What happens?")
+    second = qa.ask(clip, "And then?", options=["a cat", "a dog", "a bus"])
+    assert not calls  # no encoding work for follow-up questions
+    assert first.tokens["visual_stored"] == memory.num_visual_tokens
+    assert first.tokens["visual_attended"] <= 60 + max(b.num_visual for b in memory.blocks)
+    assert first.spans and all(0 <= a < b <= 20.01 for a, b in first.spans)
+    assert second.tokens["generated"] <= 6 and second.timings["ttft"] >= 0
+
+
+def test_saved_memory_is_reused_by_a_new_process_object(qa, clip, qwen_adapter, monkeypatch):
+    qa.ingest(clip)
+    fresh = VideoQA(model="tiny-random/qwen2_5_vl", config=qa.config, adapter=qwen_adapter)
+    monkeypatch.setattr(qwen_adapter, "encode", lambda *a, **k: (_ for _ in ()).throw(AssertionError("re-encoded")))
+    memory = fresh.ingest(clip)
+    assert memory.stats.get("loaded_from_cache")
+
+
+def test_streaming_pieces_concatenate_to_the_answer(qa, clip):
+    pieces = []
+    answer = qa.ask(clip, "Describe.", stream=pieces.append)
+    assert "".join(pieces) == answer.text
+
+
+def test_bad_questions(qa, clip):
+    with pytest.raises(QuestionError):
+        qa.ask(clip, "   ")
+    with pytest.raises(QuestionError):
+        qa.ask(clip, "x" * 100_000)
+    with pytest.raises(QuestionError):
+        qa.ask(clip, "Which?", options=["only one"])
+
+
+def test_cli_ask_json_and_errors(clip, tmp_path, capsys):
+    args = ["ask", str(clip), "What is shown?", "--model", "tiny-random/qwen2_5_vl", "--device", "cpu",
+            "--chunk-frames", "4", "--cache-dir", str(tmp_path / "c"), "--max-new-tokens", "4"]
+    assert main(args + ["--json", "--options", "red", "blue"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["options"] == ["red", "blue"] and out["tokens"]["generated"] <= 4
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "evidence:" in captured.err
+    assert main(["ask", str(tmp_path / "nope.mp4"), "q", "--model", "tiny-random/qwen2_5_vl"]) == 3
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vidqa: error:") and "no such file" in err and "\n" not in err
+    assert main(["ask", str(clip), "q", "--model", "nobody"]) == 4
+    assert "unknown model" in capsys.readouterr().err
+    assert main(["ask", str(clip), "q", "--model", "tiny-random/qwen2_5_vl", "--fps", "-1"]) == 2
+
+
+def test_cli_ingest_then_ask_reuses_cache(clip, tmp_path, capsys):
+    common = ["--model", "tiny-random/qwen2_5_vl", "--device", "cpu", "--chunk-frames", "4",
+              "--cache-dir", str(tmp_path / "c")]
+    assert main(["ingest", str(clip), "--json"] + common) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main(["ingest", str(clip), "--json"] + common) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert not first["from_cache"] and second["from_cache"] and first["memory"] == second["memory"]

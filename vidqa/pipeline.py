@@ -1,0 +1,251 @@
+"""`VideoQA`: the one public entry point; the CLI, the web app and batch evaluation call it.
+
+    qa = VideoQA(model="Qwen/Qwen2.5-VL-3B-Instruct")
+    memory = qa.ingest("talk.mp4")                 # once per video; saved to the cache folder
+    answer = qa.ask(memory, "When does the speaker show the chart?")
+    answer = qa.ask("talk.mp4", "Which colour is the car?", options=["red", "blue", "green", "grey"])
+
+Ingest is question-agnostic (decode -> encode -> agnostic reducers -> streaming prefill), so its
+result is reused by every question and shared through the on-disk cache. Everything that
+depends on the question (retrieval, question-aware reduction, KV compression) happens in ``ask``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from vidqa.config import VidqaConfig
+from vidqa.errors import CacheError, QuestionError, ResourceError, VideoError
+from vidqa.memory import StreamingIngest, VideoMemory, recall
+from vidqa.memory.persist import load_memory, save_memory
+
+MAX_QUESTION_CHARS = 8000
+MAX_OPTIONS = 26
+
+
+@dataclass
+class Answer:
+    """An answer with its evidence: ``spans`` are the (start, end) seconds of the video the model
+    was given; ``choice_index`` indexes ``options`` when they were given and the reply parsed."""
+
+    text: str
+    choice_index: int | None = None
+    choice: str | None = None
+    spans: list[tuple[float, float]] = field(default_factory=list)
+    tokens: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    blocks: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "choice_index": self.choice_index, "choice": self.choice,
+                "spans": [list(s) for s in self.spans], "tokens": self.tokens, "timings": self.timings}
+
+
+ProgressFn = Callable[[int, int, dict], None]
+
+
+def video_fingerprint(path: Path) -> str:
+    """A content key of the file: sha256 of its size and three 1 MiB samples (start, middle, end).
+
+    Hashing hours of video would cost more than decoding it; the samples change whenever the file
+    is re-encoded, cut or replaced, which is what a cache key needs.
+    """
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        for offset in (0, max(0, size // 2 - (1 << 19)), max(0, size - (1 << 20))):
+            f.seek(offset)
+            h.update(f.read(1 << 20))
+    return h.hexdigest()[:24]
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("VIDQA_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "vidqa"
+
+
+class VideoQA:
+    """Question answering over long videos with one loaded model (see module docstring)."""
+
+    def __init__(self, model: str | None = None, config: VidqaConfig | None = None,
+                 device: str | None = None, adapter=None):
+        from vidqa.vlm import DEFAULT_MODEL, load_adapter
+
+        self.config = config or VidqaConfig()
+        self.model_name = model or DEFAULT_MODEL
+        self.adapter = adapter or load_adapter(self.model_name, device=device)
+        self.cache_dir = Path(self.config.cache_dir) if self.config.cache_dir else default_cache_dir()
+        self._memories: dict[str, VideoMemory] = {}  # in-process: path key -> memory
+        self._reducers = None
+
+    # ------------------------------------------------------------------ ingest
+    def _chains(self):
+        """(question-agnostic, question-aware) reducer chains from ``config.reducers``."""
+        if self._reducers is None:
+            if self.config.reducers:
+                from vidqa.tokenreduce import build_chain
+
+                self._reducers = build_chain(self.config.reducers).split()
+            else:
+                self._reducers = (None, None)
+        return self._reducers
+
+    def memory_path(self, video: Path) -> Path:
+        model_key = hashlib.sha256(self.model_name.encode()).hexdigest()[:12]
+        return self.cache_dir / f"{video_fingerprint(video)}-{model_key}-{self.config.ingest_key()}"
+
+    def ingest(self, video: str | Path, progress: ProgressFn | None = None,
+               use_cache: bool = True) -> VideoMemory:
+        """Builds (or loads from the cache) the memory of ``video``."""
+        from vidqa.video import open_video
+
+        path = Path(video)
+        info = open_video(path)  # raises VideoError with a one-line reason
+        key = str(path.resolve())
+        if use_cache and key in self._memories:
+            return self._memories[key]
+        target = self.memory_path(path)
+        expect = {"model": self.model_name, "config_key": self.config.ingest_key()}
+        if use_cache and target.exists():
+            try:
+                memory = load_memory(target, expect)
+                memory.stats["loaded_from_cache"] = True
+                self._memories[key] = memory
+                return memory
+            except CacheError:
+                pass  # damaged or stale: rebuilt below, never trusted
+        memory = self._ingest(path, info, progress)
+        if use_cache:
+            save_memory(memory, target)
+        self._memories[key] = memory
+        return memory
+
+    def _ingest(self, path: Path, info, progress: ProgressFn | None) -> VideoMemory:
+        from vidqa.video import iter_chunks, sample_times
+
+        vc = self.config.video
+        adapter = self.adapter
+        agnostic, _ = self._chains()
+        stream = agnostic.stream() if agnostic is not None else None
+        total = len(sample_times(info, fps=vc.fps, num_frames=vc.num_frames, max_frames=vc.max_frames))
+        step = 1.0 / vc.fps if vc.num_frames is None else info.duration / max(1, total)
+        t_start = time.perf_counter()
+        timings = {"decode": 0.0, "encode": 0.0, "reduce": 0.0, "prefill": 0.0}
+        ingest = StreamingIngest(adapter, self.config.memory)
+        done = tokens_in = tokens_kept = 0
+        t_mark = time.perf_counter()
+        try:
+            for chunk in iter_chunks(path, fps=vc.fps, num_frames=vc.num_frames, max_frames=vc.max_frames,
+                                     chunk_frames=vc.chunk_frames, max_pixels=vc.max_pixels,
+                                     decoder=vc.decoder):
+                now = time.perf_counter()
+                timings["decode"] += now - t_mark
+                tokens = adapter.encode(chunk.frames, chunk.times, first_index=int(chunk.indices[0]))
+                layout = adapter.chunk_layout(tokens)
+                t1 = time.perf_counter()
+                timings["encode"] += t1 - now
+                tokens_in += len(tokens)
+                if stream is not None:
+                    tokens = stream(tokens)
+                tokens_kept += len(tokens)
+                t2 = time.perf_counter()
+                timings["reduce"] += t2 - t1
+                ingest.add_chunk(tokens, layout, t_end=float(chunk.times[-1]) + step)
+                t_mark = time.perf_counter()
+                timings["prefill"] += t_mark - t2
+                done += len(chunk.times)
+                if progress is not None:
+                    progress(done, total, {"tokens_in": tokens_in, "tokens_kept": tokens_kept,
+                                           "elapsed": t_mark - t_start})
+        except torch.cuda.OutOfMemoryError as err:
+            raise ResourceError(
+                "out of GPU memory during ingest; lower --chunk-frames or --max-pixels, or use "
+                "--device cpu") from err
+        if not ingest.blocks:
+            raise VideoError(f"{path}: no frames could be decoded")
+        timings["total"] = time.perf_counter() - t_start
+        video = {"path": str(path), "fingerprint": video_fingerprint(path), "duration": info.duration,
+                 "frames": done, "fps": vc.fps}
+        stats = {"timings": timings, "visual_tokens_in": tokens_in, "visual_tokens_kept": tokens_kept}
+        return ingest.finish(self.model_name, video, self.config.ingest_key(), stats)
+
+    # ------------------------------------------------------------------ ask
+    def ask(self, video_or_memory, question: str, options: list[str] | None = None,
+            max_new_tokens: int | None = None, stream: Callable[[str], None] | None = None,
+            progress: ProgressFn | None = None) -> Answer:
+        """Answers ``question``; with ``options`` it is asked as multiple choice in MLVU's wording
+        and ``Answer.choice_index`` holds the parsed option. ``stream`` receives text pieces."""
+        answer = None
+        for piece in self.ask_stream(video_or_memory, question, options, max_new_tokens, progress):
+            if isinstance(piece, Answer):
+                answer = piece
+            elif stream is not None:
+                stream(piece)
+        return answer
+
+    def ask_stream(self, video_or_memory, question: str, options: list[str] | None = None,
+                   max_new_tokens: int | None = None,
+                   progress: ProgressFn | None = None) -> Iterator[str | Answer]:
+        """Yields text pieces as they are generated, then the final :class:`Answer`."""
+        prompt, prefix = self._question_text(question, options)
+        t0 = time.perf_counter()
+        if isinstance(video_or_memory, VideoMemory):
+            memory = video_or_memory
+        else:
+            memory = self.ingest(video_or_memory, progress=progress)
+        t_ingest = time.perf_counter() - t0
+        adapter, mc = self.adapter, self.config.memory
+        t1 = time.perf_counter()
+        q_ids = adapter.tokenize(adapter.prompt_question(prompt, prefix))
+        q_embeds = adapter.embed_ids(q_ids)
+        ctx = recall(adapter, memory, q_embeds, mc)
+        logits = adapter.forward(q_embeds, adapter.text_positions(len(q_ids), ctx.next_position), ctx.cache)
+        ttft = time.perf_counter() - t1
+        ids: list[int] = []
+        emitted = ""
+        limit = max_new_tokens or self.config.max_new_tokens
+        for token in adapter.generate(logits, ctx.next_position + len(q_ids), ctx.cache, limit):
+            ids.append(token)
+            text = adapter.decode_ids(ids)
+            if len(text) > len(emitted) and not text.endswith("\ufffd"):
+                yield text[len(emitted):]
+                emitted = text
+        text = adapter.decode_ids(ids)
+        if len(text) > len(emitted):
+            yield text[len(emitted):]
+        choice_index = None
+        if options:
+            from vidqa.mcq import parse_choice
+
+            choice_index = parse_choice(text, options)
+        yield Answer(
+            text=text, choice_index=choice_index,
+            choice=chr(ord("A") + choice_index) if choice_index is not None else None,
+            spans=memory.spans(ctx.blocks),
+            tokens={"visual_stored": memory.num_visual_tokens, "visual_attended": ctx.visual_attended,
+                    "prompt": int(ctx.cache.layers[0].keys.shape[2]), "question": len(q_ids),
+                    "generated": len(ids)},
+            timings={"ingest": round(t_ingest, 4), "ttft": round(ttft, 4),
+                     "total": round(time.perf_counter() - t0, 4)},
+            blocks=list(ctx.blocks),
+        )
+
+    def _question_text(self, question: str, options: list[str] | None) -> tuple[str, str]:
+        if not isinstance(question, str) or not question.strip():
+            raise QuestionError("the question is empty")
+        if len(question) > MAX_QUESTION_CHARS:
+            raise QuestionError(f"the question has {len(question)} characters; the limit is {MAX_QUESTION_CHARS}")
+        if options is None:
+            return question.strip(), ""
+        if not 2 <= len(options) <= MAX_OPTIONS or not all(isinstance(o, str) and o.strip() for o in options):
+            raise QuestionError(f"multiple choice needs 2 to {MAX_OPTIONS} non-empty options")
+        from vidqa.mcq import MC_ANSWER_PREFIX, format_mc_question
+
+        return format_mc_question(question.strip(), options), MC_ANSWER_PREFIX
