@@ -66,10 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--max-upload-mb", type=int, default=2048, help="upload size limit in MB")
     _add_model_flags(ui)
 
-    ev = sub.add_parser("eval", help="batch evaluation on MLVU-format question files", add_help=False)
-    ev.add_argument("rest", nargs=argparse.REMAINDER)
-    syn = sub.add_parser("synth", help="generate a synthetic long video with questions", add_help=False)
-    syn.add_argument("rest", nargs=argparse.REMAINDER)
+    # These two own their flags (see `vidqa eval --help`, `vidqa synth --help`); main() hands them the rest.
+    sub.add_parser("eval", help="batch evaluation on MLVU-format question files", add_help=False)
+    sub.add_parser("synth", help="generate a synthetic long video with questions", add_help=False)
     return parser
 
 
@@ -175,25 +174,43 @@ def _clock(seconds: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
+    debug = "--debug" in argv[:1]
+    rest = argv[1:] if debug else argv
+    if rest and rest[0] in DELEGATED:
+        return _run(lambda: DELEGATED[rest[0]]()(rest[1:]) or 0, debug)
     args = parser.parse_args(argv)
-    debug = args.debug
+    return _run(lambda: _dispatch(parser, args), args.debug)
+
+
+def _evaluate_main():
+    from vidqa.app.evaluate import evaluate_main
+
+    return evaluate_main
+
+
+def _synth_main():
+    from vidqa.synth.cli import synth_main
+
+    return synth_main
+
+
+DELEGATED = {"eval": _evaluate_main, "synth": _synth_main}
+
+
+def _dispatch(parser, args) -> int:
+    if args.command == "ask":
+        return cmd_ask(args)
+    if args.command == "ingest":
+        return cmd_ingest(args)
+    if args.command == "ui":
+        return cmd_ui(args)
+    parser.print_help()
+    return 2
+
+
+def _run(fn, debug: bool) -> int:
     try:
-        if args.command == "ask":
-            return cmd_ask(args)
-        if args.command == "ingest":
-            return cmd_ingest(args)
-        if args.command == "ui":
-            return cmd_ui(args)
-        if args.command == "eval":
-            from vidqa.app.evaluate import evaluate_main
-
-            return evaluate_main(args.rest) or 0
-        if args.command == "synth":
-            from vidqa.synth.cli import synth_main
-
-            return synth_main(args.rest) or 0
-        parser.print_help()
-        return 2
+        return fn()
     except VidqaError as err:
         if debug:
             raise
