@@ -18,8 +18,12 @@ $(STAMP): pyproject.toml setup.py
 .PHONY: install demo test test-all gpu-test clean
 install: $(STAMP)
 
+# The bundled model when it is there, a tiny random one otherwise (answers are then noise).
+DEMO_MODEL := $(if $(wildcard assets/models/synth-tiny/config.json),synth-tiny,tiny-random/qwen2_5_vl)
+
 demo: $(STAMP)
-	$(BIN)/vidqa ask assets/demo.mp4 "What is shown on the text card near the start of the video?"
+	$(BIN)/vidqa ask assets/demo.mp4 "What colour was the cross that appeared in the video?" \
+		--options yellow blue orange black --model $(DEMO_MODEL)
 
 test: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider
