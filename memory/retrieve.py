@@ -14,21 +14,19 @@ from __future__ import annotations
 
 import torch
 
+from vidqa.kernels.block_score import block_scores
 from vidqa.memory.blocks import KVBlock
 
 
 def score_blocks(queries: list[torch.Tensor], blocks: list[KVBlock]) -> torch.Tensor:
-    """Scores ``[num_blocks]`` from per-layer queries ``[Hq, Lq, Dh]`` and the blocks' summaries."""
+    """Scores ``[num_blocks]`` from per-layer queries ``[Hq, Lq, Dh]`` and the blocks' summaries
+    (the :mod:`vidqa.kernels.block_score` op: Triton on GPU, its reference on CPU)."""
     if not blocks:
         return torch.zeros(0)
     device = queries[0].device
     summary = torch.stack([b.summary for b in blocks]).to(device)  # [B, L, Hkv, Dh]
     q = torch.stack([qi.float() for qi in queries])  # [L, Hq, Lq, Dh]
-    num_layers, hq, _, dh = q.shape
-    group = hq // summary.shape[2]
-    q_mean = q.mean(dim=2).view(num_layers, summary.shape[2], group, dh)  # mean over question tokens
-    scores = torch.einsum("lkgd,blkd->b", q_mean, summary) / (num_layers * hq * dh ** 0.5)
-    return scores.cpu()
+    return block_scores(q, summary).cpu()
 
 
 def select_blocks(scores: torch.Tensor, blocks: list[KVBlock], token_budget: int,

@@ -9,6 +9,7 @@ PyTorch reference runs on CPU.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -36,7 +37,9 @@ class StoredKV:
             if torch.cuda.is_available():
                 host = host.pin_memory()
             return StoredKV(host, 16, x.dtype)
-        q = _quant().quantize_kv(x.detach(), bits=bits, group_size=group_size).to("cpu")
+        # Heads narrower than the group (tiny models) use one group per token and head.
+        group = math.gcd(group_size, x.shape[-1])
+        q = _quant().quantize_kv(x.detach(), bits=bits, group_size=group).to("cpu")
         return StoredKV(q, bits, x.dtype)
 
     def unpack(self, device, dtype: torch.dtype | None = None) -> torch.Tensor:

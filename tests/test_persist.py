@@ -12,15 +12,31 @@ from vidqa.memory import StreamingIngest
 from vidqa.memory.persist import MANIFEST, TENSORS, load_memory, save_memory
 
 
-@pytest.fixture(scope="module")
-def memory(qwen_adapter):
+def _ingest(adapter, kv_bits=16):
     rng = np.random.default_rng(0)
-    ing = StreamingIngest(qwen_adapter, MemoryConfig(window_chunks=1))
+    ing = StreamingIngest(adapter, MemoryConfig(window_chunks=1, kv_bits=kv_bits))
     for c in range(3):
         frames = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
-        tokens = qwen_adapter.encode(frames, np.arange(4.0) + 4 * c, first_index=4 * c)
-        ing.add_chunk(tokens, qwen_adapter.chunk_layout(tokens), 4.0 * c + 4)
+        tokens = adapter.encode(frames, np.arange(4.0) + 4 * c, first_index=4 * c)
+        ing.add_chunk(tokens, adapter.chunk_layout(tokens), 4.0 * c + 4)
     return ing.finish("tiny-random/qwen2_5_vl", {"path": "x.mp4"}, "key1", {"timings": {"total": 1.0}})
+
+
+@pytest.fixture(scope="module")
+def memory(qwen_adapter):
+    return _ingest(qwen_adapter)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantized_memory_round_trips_and_stays_close(qwen_adapter, tmp_path, bits):
+    full, quant = _ingest(qwen_adapter), _ingest(qwen_adapter, kv_bits=bits)
+    assert quant.host_bytes < 0.6 * full.host_bytes
+    save_memory(quant, tmp_path / "q")
+    back = load_memory(tmp_path / "q")
+    for a, b, f in zip(back.blocks, quant.blocks, full.blocks):
+        assert torch.equal(a.keys.unpack("cpu"), b.keys.unpack("cpu"))
+        err = (a.values.unpack("cpu") - f.values.unpack("cpu")).abs().max()
+        assert err < (0.05 if bits == 8 else 0.5) * f.values.unpack("cpu").abs().max()
 
 
 def test_round_trip_is_exact(memory, tmp_path):

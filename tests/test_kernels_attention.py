@@ -1,0 +1,76 @@
+"""block_attention: Triton (interpreted on CPU in CI) and reference equal dense SDPA."""
+
+import os
+
+import pytest
+import torch
+
+from vidqa.kernels.block_attention import block_attention, combine_partials
+from vidqa.kernels.block_attention.naive import gather_dense
+from vidqa.kernels.quant import dequantize_kv, quantize_kv
+
+TRITON = os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _store(nb=5, hkv=1, t=63, d=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    k = torch.randn(nb, hkv, t, d, generator=g)
+    v = torch.randn(nb, hkv, t, d, generator=g)
+    return k.to(DEV), v.to(DEV)
+
+
+def _dense_reference(q, k, v, table, lens, tk, tv):
+    kk, vv = gather_dense(k, v, table, lens)
+    if tk is not None:
+        kk, vv = torch.cat([kk, tk.float()], 1), torch.cat([vv, tv.float()], 1)
+    group = q.shape[0] // kk.shape[0]
+    kk, vv = kk.repeat_interleave(group, 0), vv.repeat_interleave(group, 0)
+    lq, lt = q.shape[1], (tk.shape[1] if tk is not None else 0)
+    mask = torch.ones(lq, kk.shape[1], dtype=torch.bool, device=q.device)
+    if lt:
+        mask[:, -lt:] = torch.ones(lq, lt, dtype=torch.bool, device=q.device).tril(lt - lq)
+    return torch.nn.functional.scaled_dot_product_attention(q.float()[None], kk[None], vv[None], attn_mask=mask)[0]
+
+
+@pytest.mark.parametrize("hq,hkv,d,lq", [(1, 1, 64, 1), (7, 1, 64, 5), (4, 2, 128, 3)])
+def test_reference_equals_sdpa(hq, hkv, d, lq):
+    k, v = _store(hkv=hkv, d=d)
+    q = torch.randn(hq, lq, d, device=DEV)
+    table, lens = torch.tensor([3, 0, 4]), torch.tensor([63, 10, 63, 63, 40])
+    tk, tv = torch.randn(hkv, lq, d, device=DEV), torch.randn(hkv, lq, d, device=DEV)
+    o, lse = block_attention(q, k, v, table, lens, tk, tv, backend="naive")
+    torch.testing.assert_close(o, _dense_reference(q, k, v, table, lens, tk, tv), atol=1e-4, rtol=1e-4)
+
+
+def test_partials_combine_to_the_whole():
+    k, v = _store()
+    q = torch.randn(2, 3, 64, device=DEV)
+    whole = block_attention(q, k, v, torch.tensor([0, 1, 2, 3]), backend="naive")
+    a = block_attention(q, k, v, torch.tensor([0, 1]), backend="naive")
+    b = block_attention(q, k, v, torch.tensor([2, 3]), backend="naive")
+    o, lse = combine_partials([a[0], b[0]], [a[1], b[1]])
+    torch.testing.assert_close(o, whole[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse, whole[1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not TRITON, reason="needs CUDA or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("bits", [16, 8, 4])
+@pytest.mark.parametrize("hq,hkv,d,lq,tail", [(1, 1, 64, 1, False), (7, 1, 64, 1, True), (4, 2, 128, 5, True)])
+def test_triton_equals_reference_with_poisoned_output(bits, hq, hkv, d, lq, tail):
+    k, v = _store(hkv=hkv, d=d)
+    q = torch.randn(hq, lq, d, device=DEV)
+    table, lens = torch.tensor([4, 1, 2]), torch.tensor([63, 17, 63, 5, 63])
+    tk = torch.randn(hkv, lq, d, device=DEV) if tail else None
+    tv = torch.randn(hkv, lq, d, device=DEV) if tail else None
+    ks, vs = (k, v) if bits == 16 else (quantize_kv(k, bits, 32, backend="naive"), quantize_kv(v, bits, 32, backend="naive"))
+    out = torch.full((hq, lq, d), float("nan"), device=DEV)
+    lse = torch.full((hq, lq), float("nan"), device=DEV)
+    block_attention(q, ks, vs, table, lens, tk, tv, backend="triton", out=out, lse=lse)
+    ref_o, ref_lse = block_attention(q, ks, vs, table, lens, tk, tv, backend="naive")
+    assert not out.isnan().any() and not lse.isnan().any()
+    torch.testing.assert_close(out, ref_o, atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(lse, ref_lse, atol=2e-3, rtol=2e-3)
+    if bits != 16:  # the kernel reads quantized bytes; the reference dequantizes first
+        dense_k, dense_v = dequantize_kv(ks, backend="naive"), dequantize_kv(vs, backend="naive")
+        torch.testing.assert_close(out, _dense_reference(q, dense_k, dense_v, table, lens, tk, tv), atol=2e-3, rtol=2e-3)
