@@ -74,3 +74,18 @@ def test_triton_equals_reference_with_poisoned_output(bits, hq, hkv, d, lq, tail
     if bits != 16:  # the kernel reads quantized bytes; the reference dequantizes first
         dense_k, dense_v = dequantize_kv(ks, backend="naive"), dequantize_kv(vs, backend="naive")
         torch.testing.assert_close(out, _dense_reference(q, dense_k, dense_v, table, lens, tk, tv), atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.skipif(not TRITON, reason="needs CUDA or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("splits", [1, 2, 3, 7])
+def test_split_k_partials_merge_to_the_reference(splits):
+    from vidqa.kernels.block_attention.triton_impl import block_attention_triton
+
+    k, v = _store(nb=6, hkv=2, d=64)
+    q = torch.randn(4, 2, 64, device=DEV)
+    table, lens = torch.tensor([5, 0, 3, 2]), torch.tensor([63, 8, 63, 20, 63, 1])
+    tk, tv = torch.randn(2, 2, 64, device=DEV), torch.randn(2, 2, 64, device=DEV)
+    o, lse = block_attention_triton(q, k, v, table, lens, tk, tv, 64 ** -0.5, splits=splits)
+    ref_o, ref_lse = block_attention(q, k, v, table, lens, tk, tv, backend="naive")
+    torch.testing.assert_close(o, ref_o, atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(lse, ref_lse, atol=2e-3, rtol=2e-3)

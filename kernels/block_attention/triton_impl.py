@@ -1,11 +1,13 @@
 """Triton attention over gathered KV blocks, reading fp16/bf16/fp32, int8 or int4 KV in place.
 
-One program handles one KV head and a tile of ``BM`` rows of the flattened (query head in the GQA
-group, query position) axis, so every KV byte is read once per KV head, not once per query head
-(decode with 7 query heads per KV head fills 7 rows of one tile). Keys/values are dequantized in
-registers; softmax is online (flash-attention style), so no attention matrix is materialised.
-int4 is handled as two half-width dot products over the even and odd channels, which is exactly
-how the bytes are packed.
+Parallel layout (flash-decoding, Dao et al. 2023): program ``(kv head, row tile, split)``. Rows are
+the flattened (query head in the GQA group, query position) axis, so every KV byte is read once per
+KV head, not once per query head (decode with 7 query heads per KV head fills 7 rows of one tile).
+The selected blocks are divided among ``SPLITS`` programs so that even a single decoding query
+keeps every SM busy; each writes a partial output and log-sum-exp, merged afterwards
+(:func:`~vidqa.kernels.block_attention.naive.combine_partials` math). Keys/values are dequantized
+in registers; softmax is online, so no attention matrix is materialised. int4 is two half-width dot
+products over the even and odd channels, which is exactly how the bytes are packed.
 """
 
 from __future__ import annotations
@@ -14,55 +16,64 @@ import torch
 import triton
 import triton.language as tl
 
+LOG2E = 1.4426950408889634
+
 
 @triton.jit
-def _load_kv(ptr, s_ptr, z_ptr, base, sbase, offs_n, valid, stride_t, stride_st,
-             D: tl.constexpr, G: tl.constexpr, MODE: tl.constexpr, PART: tl.constexpr):
-    """A [BN, D] (MODE 0/8) or [BN, D/2] (MODE 4, PART 0 = even channels, 1 = odd) float32 tile."""
-    if MODE == 4:
-        dh = tl.arange(0, D // 2)
-        byte = tl.load(ptr + base + offs_n[:, None] * stride_t + dh[None, :], mask=valid[:, None], other=0)
-        grp = (2 * dh) // G
-        s = tl.load(s_ptr + sbase + offs_n[:, None] * stride_st + grp[None, :], mask=valid[:, None], other=0.0)
-        z = tl.load(z_ptr + sbase + offs_n[:, None] * stride_st + grp[None, :], mask=valid[:, None], other=0.0)
-        if PART == 0:
-            q = byte & 15
-        else:
-            q = byte >> 4
-        return q.to(tl.float32) * s.to(tl.float32) + z.to(tl.float32)
+def _load_full(ptr, s_ptr, base, sbase, offs_n, valid, stride_t, stride_st,
+               D: tl.constexpr, G: tl.constexpr, QUANT: tl.constexpr):
+    """A float32 [BN, D] tile of fp data, or of int8 data times its group scales."""
     d = tl.arange(0, D)
     x = tl.load(ptr + base + offs_n[:, None] * stride_t + d[None, :], mask=valid[:, None], other=0).to(tl.float32)
-    if MODE == 8:
+    if QUANT:
         s = tl.load(s_ptr + sbase + offs_n[:, None] * stride_st + (d // G)[None, :], mask=valid[:, None], other=0.0)
         x = x * s.to(tl.float32)
     return x
 
 
 @triton.jit
+def _load_int4(ptr, s_ptr, z_ptr, base, sbase, offs_n, valid, stride_t, stride_st,
+               D: tl.constexpr, G: tl.constexpr, ODD: tl.constexpr):
+    """A float32 [BN, D/2] tile of the even (ODD=0) or odd channels of packed int4 data."""
+    dh = tl.arange(0, D // 2)
+    byte = tl.load(ptr + base + offs_n[:, None] * stride_t + dh[None, :], mask=valid[:, None], other=0)
+    grp = (2 * dh) // G
+    s = tl.load(s_ptr + sbase + offs_n[:, None] * stride_st + grp[None, :], mask=valid[:, None], other=0.0)
+    z = tl.load(z_ptr + sbase + offs_n[:, None] * stride_st + grp[None, :], mask=valid[:, None], other=0.0)
+    nib = (byte >> (4 * ODD)) & 15
+    return nib.to(tl.float32) * s.to(tl.float32) + z.to(tl.float32)
+
+
+@triton.jit
 def _block_attn_kernel(Q, K, V, KS, KZ, VS, VZ, TABLE, LENS, TK, TV, O, LSE,
-                       n_sel, Lq, T, Lt, GROUP,
-                       sqh, sql, skb, skh, skt, ssb, ssh, sst, sth, stl, soh, sol,
-                       scale,
+                       n_sel, per_split, Lq, T, Lt, GROUP,
+                       sqh, sql, skb, skh, skt, ssb, ssh, sst, sth, stl,
+                       sos, soh, sol, sls, slh,
+                       qk_scale,
                        D: tl.constexpr, G: tl.constexpr, MODE: tl.constexpr, HAS_TAIL: tl.constexpr,
                        BM: tl.constexpr, BN: tl.constexpr):
     kvh = tl.program_id(0)
     rows = tl.program_id(1) * BM + tl.arange(0, BM)
+    split = tl.program_id(2)
     row_ok = rows < GROUP * Lq
     head = kvh * GROUP + rows // Lq
     pos = rows % Lq
     m_i = tl.full((BM,), float("-inf"), tl.float32)
     l_i = tl.zeros((BM,), tl.float32)
+    dh = tl.arange(0, D // 2)
+    d = tl.arange(0, D)
+    qrow = Q + head[:, None] * sqh + pos[:, None] * sql
     if MODE == 4:
-        dh = tl.arange(0, D // 2)
-        qe = tl.load(Q + head[:, None] * sqh + pos[:, None] * sql + 2 * dh[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
-        qo = tl.load(Q + head[:, None] * sqh + pos[:, None] * sql + 2 * dh[None, :] + 1, mask=row_ok[:, None], other=0.0).to(tl.float32)
-        acc_e = tl.zeros((BM, D // 2), tl.float32)
-        acc_o = tl.zeros((BM, D // 2), tl.float32)
+        qa = tl.load(qrow + 2 * dh[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
+        qb = tl.load(qrow + 2 * dh[None, :] + 1, mask=row_ok[:, None], other=0.0).to(tl.float32)
+        acc_a = tl.zeros((BM, D // 2), tl.float32)
+        acc_b = tl.zeros((BM, D // 2), tl.float32)
     else:
-        d = tl.arange(0, D)
-        q = tl.load(Q + head[:, None] * sqh + pos[:, None] * sql + d[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
+        q = tl.load(qrow + d[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
         acc = tl.zeros((BM, D), tl.float32)
-    for s in range(0, n_sel):
+    s_lo = split * per_split
+    s_hi = tl.minimum(s_lo + per_split, n_sel)
+    for s in range(s_lo, s_hi):
         blk = tl.load(TABLE + s).to(tl.int64)
         n = tl.load(LENS + blk)
         base = blk * skb + kvh * skh
@@ -71,62 +82,77 @@ def _block_attn_kernel(Q, K, V, KS, KZ, VS, VZ, TABLE, LENS, TK, TV, O, LSE,
             offs_n = t0 + tl.arange(0, BN)
             valid = offs_n < n
             if MODE == 4:
-                ke = _load_kv(K, KS, KZ, base, sbase, offs_n, valid, skt, sst, D, G, MODE, 0)
-                ko = _load_kv(K, KS, KZ, base, sbase, offs_n, valid, skt, sst, D, G, MODE, 1)
-                qk = tl.dot(qe, tl.trans(ke)) + tl.dot(qo, tl.trans(ko))
+                ka = _load_int4(K, KS, KZ, base, sbase, offs_n, valid, skt, sst, D, G, 0)
+                kb = _load_int4(K, KS, KZ, base, sbase, offs_n, valid, skt, sst, D, G, 1)
+                qk = tl.dot(qa, tl.trans(ka)) + tl.dot(qb, tl.trans(kb))
             else:
-                k = _load_kv(K, KS, KZ, base, sbase, offs_n, valid, skt, sst, D, G, MODE, 0)
+                k = _load_full(K, KS, base, sbase, offs_n, valid, skt, sst, D, G, MODE == 8)
                 qk = tl.dot(q, tl.trans(k))
-            qk = tl.where(valid[None, :], qk * scale, float("-inf"))
+            qk = tl.where(valid[None, :], qk * qk_scale, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(qk, axis=1))
-            alpha = tl.exp(m_i - m_new)
-            p = tl.exp(qk - m_new[:, None])
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp2(m_i - m_safe)
+            p = tl.exp2(qk - m_safe[:, None])
             l_i = l_i * alpha + tl.sum(p, axis=1)
             if MODE == 4:
-                ve = _load_kv(V, VS, VZ, base, sbase, offs_n, valid, skt, sst, D, G, MODE, 0)
-                vo = _load_kv(V, VS, VZ, base, sbase, offs_n, valid, skt, sst, D, G, MODE, 1)
-                acc_e = acc_e * alpha[:, None] + tl.dot(p, ve)
-                acc_o = acc_o * alpha[:, None] + tl.dot(p, vo)
+                va = _load_int4(V, VS, VZ, base, sbase, offs_n, valid, skt, sst, D, G, 0)
+                vb = _load_int4(V, VS, VZ, base, sbase, offs_n, valid, skt, sst, D, G, 1)
+                acc_a = acc_a * alpha[:, None] + tl.dot(p, va)
+                acc_b = acc_b * alpha[:, None] + tl.dot(p, vb)
             else:
-                v = _load_kv(V, VS, VZ, base, sbase, offs_n, valid, skt, sst, D, G, MODE, 0)
+                v = _load_full(V, VS, base, sbase, offs_n, valid, skt, sst, D, G, MODE == 8)
                 acc = acc * alpha[:, None] + tl.dot(p, v)
             m_i = m_new
     if HAS_TAIL:
-        for t0 in range(0, Lt, BN):
-            offs_n = t0 + tl.arange(0, BN)
-            ok = (offs_n[None, :] < Lt) & (offs_n[None, :] <= pos[:, None] + Lt - Lq)
+        if split == 0:
             tbase = kvh * sth
-            if MODE == 4:
-                ke = tl.load(TK + tbase + offs_n[:, None] * stl + 2 * dh[None, :], mask=offs_n[:, None] < Lt, other=0.0).to(tl.float32)
-                ko = tl.load(TK + tbase + offs_n[:, None] * stl + 2 * dh[None, :] + 1, mask=offs_n[:, None] < Lt, other=0.0).to(tl.float32)
-                qk = tl.dot(qe, tl.trans(ke)) + tl.dot(qo, tl.trans(ko))
-            else:
-                k = tl.load(TK + tbase + offs_n[:, None] * stl + d[None, :], mask=offs_n[:, None] < Lt, other=0.0).to(tl.float32)
-                qk = tl.dot(q, tl.trans(k))
-            qk = tl.where(ok, qk * scale, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(qk, axis=1))
-            alpha = tl.exp(m_i - m_new)
-            p = tl.exp(qk - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            if MODE == 4:
-                ve = tl.load(TV + tbase + offs_n[:, None] * stl + 2 * dh[None, :], mask=offs_n[:, None] < Lt, other=0.0).to(tl.float32)
-                vo = tl.load(TV + tbase + offs_n[:, None] * stl + 2 * dh[None, :] + 1, mask=offs_n[:, None] < Lt, other=0.0).to(tl.float32)
-                acc_e = acc_e * alpha[:, None] + tl.dot(p, ve)
-                acc_o = acc_o * alpha[:, None] + tl.dot(p, vo)
-            else:
-                v = tl.load(TV + tbase + offs_n[:, None] * stl + d[None, :], mask=offs_n[:, None] < Lt, other=0.0).to(tl.float32)
-                acc = acc * alpha[:, None] + tl.dot(p, v)
-            m_i = m_new
-    out = O + head[:, None] * soh + pos[:, None] * sol
+            for t0 in range(0, Lt, BN):
+                offs_n = t0 + tl.arange(0, BN)
+                in_tail = offs_n < Lt
+                ok = in_tail[None, :] & (offs_n[None, :] <= pos[:, None] + Lt - Lq)
+                if MODE == 4:
+                    ka = tl.load(TK + tbase + offs_n[:, None] * stl + 2 * dh[None, :], mask=in_tail[:, None], other=0.0).to(tl.float32)
+                    kb = tl.load(TK + tbase + offs_n[:, None] * stl + 2 * dh[None, :] + 1, mask=in_tail[:, None], other=0.0).to(tl.float32)
+                    qk = tl.dot(qa, tl.trans(ka)) + tl.dot(qb, tl.trans(kb))
+                else:
+                    k = tl.load(TK + tbase + offs_n[:, None] * stl + d[None, :], mask=in_tail[:, None], other=0.0).to(tl.float32)
+                    qk = tl.dot(q, tl.trans(k))
+                qk = tl.where(ok, qk * qk_scale, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(qk, axis=1))
+                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+                alpha = tl.exp2(m_i - m_safe)
+                p = tl.exp2(qk - m_safe[:, None])
+                l_i = l_i * alpha + tl.sum(p, axis=1)
+                if MODE == 4:
+                    va = tl.load(TV + tbase + offs_n[:, None] * stl + 2 * dh[None, :], mask=in_tail[:, None], other=0.0).to(tl.float32)
+                    vb = tl.load(TV + tbase + offs_n[:, None] * stl + 2 * dh[None, :] + 1, mask=in_tail[:, None], other=0.0).to(tl.float32)
+                    acc_a = acc_a * alpha[:, None] + tl.dot(p, va)
+                    acc_b = acc_b * alpha[:, None] + tl.dot(p, vb)
+                else:
+                    v = tl.load(TV + tbase + offs_n[:, None] * stl + d[None, :], mask=in_tail[:, None], other=0.0).to(tl.float32)
+                    acc = acc * alpha[:, None] + tl.dot(p, v)
+                m_i = m_new
+    # A split that saw no key contributes nothing: o = 0, lse = -inf.
+    empty = l_i == 0.0
+    inv = tl.where(empty, 0.0, 1.0 / tl.where(empty, 1.0, l_i))
+    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) / 1.4426950408889634)
+    out = O + split * sos + head[:, None] * soh + pos[:, None] * sol
     if MODE == 4:
-        tl.store(out + 2 * dh[None, :], acc_e / l_i[:, None], mask=row_ok[:, None])
-        tl.store(out + 2 * dh[None, :] + 1, acc_o / l_i[:, None], mask=row_ok[:, None])
+        tl.store(out + 2 * dh[None, :], acc_a * inv[:, None], mask=row_ok[:, None])
+        tl.store(out + 2 * dh[None, :] + 1, acc_b * inv[:, None], mask=row_ok[:, None])
     else:
-        tl.store(out + d[None, :], acc / l_i[:, None], mask=row_ok[:, None])
-    tl.store(LSE + head * Lq + pos, m_i + tl.log(l_i), mask=row_ok)
+        tl.store(out + d[None, :], acc * inv[:, None], mask=row_ok[:, None])
+    tl.store(LSE + split * sls + head * slh + pos, lse, mask=row_ok)
 
 
-def block_attention_triton(q, k, v, block_table, block_lens, tail_k, tail_v, scale, out=None, lse=None):
+def _num_sms(device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
+
+
+def block_attention_triton(q, k, v, block_table, block_lens, tail_k, tail_v, scale, out=None, lse=None,
+                           splits: int | None = None):
     """``k``/``v`` are tensors (float) or ``QuantizedKV`` of shape ``[NB, Hkv, T, D]``."""
     from vidqa.kernels.quant import QuantizedKV
 
@@ -151,18 +177,34 @@ def block_attention_triton(q, k, v, block_table, block_lens, tail_k, tail_v, sca
     tk = tail_k.contiguous() if has_tail else q
     tv = tail_v.contiguous() if has_tail else q
     lt = tail_k.shape[1] if has_tail else 0
-    if out is None:
-        out = torch.empty(hq, lq, d, device=q.device, dtype=torch.float32)
-    if lse is None:
-        lse = torch.empty(hq, lq, device=q.device, dtype=torch.float32)
     bm = 16 if group * lq <= 16 else 64
     bn = 64
-    grid = (hkv, triton.cdiv(group * lq, bm))
-    _block_attn_kernel[grid](
-        q, kd, vd, ks, kz, vs, vz, table, lens, tk, tv, out, lse,
-        table.numel(), lq, t, lt, group,
+    tiles = triton.cdiv(group * lq, bm)
+    n_sel = table.numel()
+    if splits is None:  # enough programs to fill the device about four times over
+        splits = max(1, min(n_sel, triton.cdiv(4 * _num_sms(q.device), hkv * tiles)))
+    per_split = max(1, triton.cdiv(n_sel, splits))
+    splits = max(1, triton.cdiv(n_sel, per_split))
+    part_o = torch.empty(splits, hq, lq, d, device=q.device, dtype=torch.float32)
+    part_l = torch.empty(splits, hq, lq, device=q.device, dtype=torch.float32)
+    _block_attn_kernel[(hkv, tiles, splits)](
+        q, kd, vd, ks, kz, vs, vz, table, lens, tk, tv, part_o, part_l,
+        n_sel, per_split, lq, t, lt, group,
         q.stride(0), q.stride(1), kd.stride(0), kd.stride(1), kd.stride(2),
         ks.stride(0) if mode else 0, ks.stride(1) if mode else 0, ks.stride(2) if mode else 0,
-        tk.stride(0) if has_tail else 0, tk.stride(1) if has_tail else 0, out.stride(0), out.stride(1),
-        scale, D=d, G=g, MODE=mode, HAS_TAIL=has_tail, BM=bm, BN=bn)
-    return out, lse
+        tk.stride(0) if has_tail else 0, tk.stride(1) if has_tail else 0,
+        part_o.stride(0), part_o.stride(1), part_o.stride(2), part_l.stride(0), part_l.stride(1),
+        scale * LOG2E, D=d, G=g, MODE=mode, HAS_TAIL=has_tail, BM=bm, BN=bn)
+    if splits == 1:
+        o, l = part_o[0], part_l[0]
+    else:
+        l = torch.logsumexp(part_l, dim=0)
+        w = torch.exp(part_l - l[None]).nan_to_num(0.0)
+        o = (w[..., None] * part_o).sum(0)
+    if out is not None:
+        out.copy_(o)
+        o = out
+    if lse is not None:
+        lse.copy_(l)
+        l = lse
+    return o, l
