@@ -45,13 +45,21 @@ def _load_int4(ptr, s_ptr, z_ptr, base, sbase, offs_n, valid, stride_t, stride_s
 
 
 @triton.jit
+def _dot(a, b, LOWP: tl.constexpr):
+    """bf16 tensor-core product for bf16/fp16 inputs; exact fp32 ("ieee") for fp32 inputs."""
+    if LOWP:
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+    return tl.dot(a, b, input_precision="ieee")
+
+
+@triton.jit
 def _block_attn_kernel(Q, K, V, KS, KZ, VS, VZ, TABLE, LENS, TK, TV, O, LSE,
                        n_sel, per_split, Lq, T, Lt, GROUP,
                        sqh, sql, skb, skh, skt, ssb, ssh, sst, sth, stl,
                        sos, soh, sol, sls, slh,
                        qk_scale,
                        D: tl.constexpr, G: tl.constexpr, MODE: tl.constexpr, HAS_TAIL: tl.constexpr,
-                       BM: tl.constexpr, BN: tl.constexpr):
+                       BM: tl.constexpr, BN: tl.constexpr, LOWP: tl.constexpr, STAGES: tl.constexpr):
     kvh = tl.program_id(0)
     rows = tl.program_id(1) * BM + tl.arange(0, BM)
     split = tl.program_id(2)
@@ -71,38 +79,39 @@ def _block_attn_kernel(Q, K, V, KS, KZ, VS, VZ, TABLE, LENS, TK, TV, O, LSE,
     else:
         q = tl.load(qrow + d[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
         acc = tl.zeros((BM, D), tl.float32)
-    s_lo = split * per_split
-    s_hi = tl.minimum(s_lo + per_split, n_sel)
-    for s in range(s_lo, s_hi):
-        blk = tl.load(TABLE + s).to(tl.int64)
+    # One flat loop over (selected block, tile of BN tokens) pairs, so that loads pipeline.
+    tiles_per_block = tl.cdiv(T, BN)
+    it_lo = split * per_split * tiles_per_block
+    it_hi = tl.minimum(split * per_split + per_split, n_sel) * tiles_per_block
+    for it in tl.range(it_lo, it_hi, num_stages=STAGES):
+        blk = tl.load(TABLE + it // tiles_per_block).to(tl.int64)
         n = tl.load(LENS + blk)
         base = blk * skb + kvh * skh
         sbase = blk * ssb + kvh * ssh
-        for t0 in range(0, T, BN):
-            offs_n = t0 + tl.arange(0, BN)
-            valid = offs_n < n
-            if MODE == 4:
-                ka = _load_int4(K, KS, KZ, base, sbase, offs_n, valid, skt, sst, D, G, 0)
-                kb = _load_int4(K, KS, KZ, base, sbase, offs_n, valid, skt, sst, D, G, 1)
-                qk = tl.dot(qa, tl.trans(ka)) + tl.dot(qb, tl.trans(kb))
-            else:
-                k = _load_full(K, KS, base, sbase, offs_n, valid, skt, sst, D, G, MODE == 8)
-                qk = tl.dot(q, tl.trans(k))
-            qk = tl.where(valid[None, :], qk * qk_scale, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(qk, axis=1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = tl.exp2(m_i - m_safe)
-            p = tl.exp2(qk - m_safe[:, None])
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            if MODE == 4:
-                va = _load_int4(V, VS, VZ, base, sbase, offs_n, valid, skt, sst, D, G, 0)
-                vb = _load_int4(V, VS, VZ, base, sbase, offs_n, valid, skt, sst, D, G, 1)
-                acc_a = acc_a * alpha[:, None] + tl.dot(p, va)
-                acc_b = acc_b * alpha[:, None] + tl.dot(p, vb)
-            else:
-                v = _load_full(V, VS, base, sbase, offs_n, valid, skt, sst, D, G, MODE == 8)
-                acc = acc * alpha[:, None] + tl.dot(p, v)
-            m_i = m_new
+        offs_n = (it % tiles_per_block) * BN + tl.arange(0, BN)
+        valid = offs_n < n
+        if MODE == 4:
+            ka = _load_int4(K, KS, KZ, base, sbase, offs_n, valid, skt, sst, D, G, 0)
+            kb = _load_int4(K, KS, KZ, base, sbase, offs_n, valid, skt, sst, D, G, 1)
+            qk = _dot(qa, tl.trans(ka), LOWP) + _dot(qb, tl.trans(kb), LOWP)
+        else:
+            k = _load_full(K, KS, base, sbase, offs_n, valid, skt, sst, D, G, MODE == 8)
+            qk = _dot(q, tl.trans(k), LOWP)
+        qk = tl.where(valid[None, :], qk * qk_scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(qk - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        if MODE == 4:
+            va = _load_int4(V, VS, VZ, base, sbase, offs_n, valid, skt, sst, D, G, 0)
+            vb = _load_int4(V, VS, VZ, base, sbase, offs_n, valid, skt, sst, D, G, 1)
+            acc_a = acc_a * alpha[:, None] + _dot(p, va, LOWP)
+            acc_b = acc_b * alpha[:, None] + _dot(p, vb, LOWP)
+        else:
+            v = _load_full(V, VS, base, sbase, offs_n, valid, skt, sst, D, G, MODE == 8)
+            acc = acc * alpha[:, None] + _dot(p, v, LOWP)
+        m_i = m_new
     if HAS_TAIL:
         if split == 0:
             tbase = kvh * sth
@@ -113,10 +122,10 @@ def _block_attn_kernel(Q, K, V, KS, KZ, VS, VZ, TABLE, LENS, TK, TV, O, LSE,
                 if MODE == 4:
                     ka = tl.load(TK + tbase + offs_n[:, None] * stl + 2 * dh[None, :], mask=in_tail[:, None], other=0.0).to(tl.float32)
                     kb = tl.load(TK + tbase + offs_n[:, None] * stl + 2 * dh[None, :] + 1, mask=in_tail[:, None], other=0.0).to(tl.float32)
-                    qk = tl.dot(qa, tl.trans(ka)) + tl.dot(qb, tl.trans(kb))
+                    qk = _dot(qa, tl.trans(ka), LOWP) + _dot(qb, tl.trans(kb), LOWP)
                 else:
                     k = tl.load(TK + tbase + offs_n[:, None] * stl + d[None, :], mask=in_tail[:, None], other=0.0).to(tl.float32)
-                    qk = tl.dot(q, tl.trans(k))
+                    qk = _dot(q, tl.trans(k), LOWP)
                 qk = tl.where(ok, qk * qk_scale, float("-inf"))
                 m_new = tl.maximum(m_i, tl.max(qk, axis=1))
                 m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -126,11 +135,11 @@ def _block_attn_kernel(Q, K, V, KS, KZ, VS, VZ, TABLE, LENS, TK, TV, O, LSE,
                 if MODE == 4:
                     va = tl.load(TV + tbase + offs_n[:, None] * stl + 2 * dh[None, :], mask=in_tail[:, None], other=0.0).to(tl.float32)
                     vb = tl.load(TV + tbase + offs_n[:, None] * stl + 2 * dh[None, :] + 1, mask=in_tail[:, None], other=0.0).to(tl.float32)
-                    acc_a = acc_a * alpha[:, None] + tl.dot(p, va)
-                    acc_b = acc_b * alpha[:, None] + tl.dot(p, vb)
+                    acc_a = acc_a * alpha[:, None] + _dot(p, va, LOWP)
+                    acc_b = acc_b * alpha[:, None] + _dot(p, vb, LOWP)
                 else:
                     v = tl.load(TV + tbase + offs_n[:, None] * stl + d[None, :], mask=in_tail[:, None], other=0.0).to(tl.float32)
-                    acc = acc * alpha[:, None] + tl.dot(p, v)
+                    acc = acc * alpha[:, None] + _dot(p, v, LOWP)
                 m_i = m_new
     # A split that saw no key contributes nothing: o = 0, lse = -inf.
     empty = l_i == 0.0
@@ -194,7 +203,8 @@ def block_attention_triton(q, k, v, block_table, block_lens, tail_k, tail_v, sca
         ks.stride(0) if mode else 0, ks.stride(1) if mode else 0, ks.stride(2) if mode else 0,
         tk.stride(0) if has_tail else 0, tk.stride(1) if has_tail else 0,
         part_o.stride(0), part_o.stride(1), part_o.stride(2), part_l.stride(0), part_l.stride(1),
-        scale * LOG2E, D=d, G=g, MODE=mode, HAS_TAIL=has_tail, BM=bm, BN=bn)
+        scale * LOG2E, D=d, G=g, MODE=mode, HAS_TAIL=has_tail, BM=bm, BN=bn,
+        LOWP=q.dtype in (torch.bfloat16, torch.float16), STAGES=3 if q.is_cuda else 1, num_warps=4)
     if splits == 1:
         o, l = part_o[0], part_l[0]
     else:

@@ -23,7 +23,7 @@ def _match_kernel(A, B, VAL, IDX, na, nb, D: tl.constexpr, BA: tl.constexpr, BB:
         okb = rb < nb
         b = tl.load(B + rb[:, None] * D + d[None, :], mask=okb[:, None] & dm[None, :], other=0.0).to(tl.float32)
         b = b / tl.maximum(tl.sqrt(tl.sum(b * b, axis=1)), 1e-12)[:, None]
-        sim = tl.dot(a, tl.trans(b))
+        sim = tl.dot(a, tl.trans(b), input_precision="ieee")  # exact ties/argmax as the reference
         sim = tl.where(okb[None, :], sim, float("-inf"))
         tile_best = tl.max(sim, axis=1)
         tile_arg = tl.argmax(sim, axis=1).to(tl.int32) + b0
