@@ -26,8 +26,11 @@ def _load_full(ptr, s_ptr, base, sbase, offs_n, valid, stride_t, stride_st,
     d = tl.arange(0, D)
     x = tl.load(ptr + base + offs_n[:, None] * stride_t + d[None, :], mask=valid[:, None], other=0).to(tl.float32)
     if QUANT:
-        s = tl.load(s_ptr + sbase + offs_n[:, None] * stride_st + (d // G)[None, :], mask=valid[:, None], other=0.0)
-        x = x * s.to(tl.float32)
+        # One scale per group, loaded once and broadcast over its G channels.
+        s = tl.load(s_ptr + sbase + offs_n[:, None] * stride_st + tl.arange(0, D // G)[None, :],
+                    mask=valid[:, None], other=0.0).to(tl.float32)
+        s = tl.reshape(tl.broadcast_to(s[:, :, None], (s.shape[0], D // G, G)), (s.shape[0], D))
+        x = x * s
     return x
 
 
@@ -204,7 +207,8 @@ def block_attention_triton(q, k, v, block_table, block_lens, tail_k, tail_v, sca
         tk.stride(0) if has_tail else 0, tk.stride(1) if has_tail else 0,
         part_o.stride(0), part_o.stride(1), part_o.stride(2), part_l.stride(0), part_l.stride(1),
         scale * LOG2E, D=d, G=g, MODE=mode, HAS_TAIL=has_tail, BM=bm, BN=bn,
-        LOWP=q.dtype in (torch.bfloat16, torch.float16), STAGES=3 if q.is_cuda else 1, num_warps=4)
+        LOWP=q.dtype in (torch.bfloat16, torch.float16), STAGES=3 if q.is_cuda else 1,
+        num_warps=8 if bm == 64 else 4)
     if splits == 1:
         o, l = part_o[0], part_l[0]
     else:
