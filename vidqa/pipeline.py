@@ -82,7 +82,7 @@ class VideoQA:
         self.model_name = model or DEFAULT_MODEL
         self.adapter = adapter or load_adapter(self.model_name, device=device)
         self.cache_dir = Path(self.config.cache_dir) if self.config.cache_dir else default_cache_dir()
-        self._memories: dict[str, VideoMemory] = {}  # in-process: path key -> memory
+        self._memories: dict[tuple[str, str], VideoMemory] = {}  # in-process: (path, settings) -> memory
         self._reducers = None
 
     # ------------------------------------------------------------------ ingest
@@ -108,7 +108,7 @@ class VideoQA:
 
         path = Path(video)
         info = open_video(path)  # raises VideoError with a one-line reason
-        key = str(path.resolve())
+        key = (str(path.resolve()), self.config.ingest_key())
         if use_cache and key in self._memories:
             return self._memories[key]
         target = self.memory_path(path)

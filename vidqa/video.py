@@ -295,15 +295,18 @@ def choose_decoder(info: VideoInfo, decoder: str):
 
 def iter_chunks(path, *, fps: float = 1.0, num_frames: int | None = None, max_frames: int | None = None,
                 chunk_frames: int = 16, max_pixels: int | None = None, decoder: str = "auto",
-                timeout_s: float = 60.0, info: VideoInfo | None = None) -> Iterator[FrameChunk]:
+                timeout_s: float = 60.0, info: VideoInfo | None = None,
+                times: np.ndarray | None = None) -> Iterator[FrameChunk]:
     """Decodes the sampled frames of ``path`` in chunks of ``chunk_frames`` (see module docstring).
 
+    ``times`` (seconds) replaces the sampling grid with explicit targets (thumbnails, evidence).
     Raises :class:`VideoError` if nothing decodes or the decoder stalls for ``timeout_s`` seconds.
     """
     if chunk_frames < 1:
         raise ConfigError("chunk_frames must be >= 1")
     info = info or open_video(path)
-    targets = sample_times(info, fps=fps, num_frames=num_frames, max_frames=max_frames)
+    targets = np.sort(np.asarray(times, dtype=np.float64)) if times is not None else \
+        sample_times(info, fps=fps, num_frames=num_frames, max_frames=max_frames)
     backend = choose_decoder(info, decoder)(Path(info.path), info, max_pixels)
     results: queue.Queue = queue.Queue(maxsize=2)
     stop = threading.Event()
