@@ -63,7 +63,12 @@ class Qwen2_5_VLAdapter(VLMAdapter):
         with torch.no_grad():
             out = self.model.model.get_video_features(pixel_values_videos=pixels, video_grid_thw=grid_thw)
         embeds = out.pooler_output[0] if hasattr(out, "pooler_output") else out[0]
-        g_t, g_h, g_w = (int(v) for v in inputs["video_grid_thw"][0])
+        return self.token_metadata(embeds, inputs["video_grid_thw"][0], times, first_index)
+
+    def token_metadata(self, embeds: torch.Tensor, grid_thw, times, first_index: int = 0) -> VisualTokens:
+        """Wraps merged embeddings ``[N, D]`` of one video chunk (``grid_thw`` in patches) with their
+        metadata: tokens come grid-major, then row-major over the 2x2-merged patches."""
+        g_t, g_h, g_w = (int(v) for v in grid_thw)
         hm, wm = g_h // self.merge, g_w // self.merge
         n = g_t * hm * wm
         idx = torch.arange(n)
