@@ -33,7 +33,9 @@ from vidqa.synth.questions import TASKS, clock, make_questions
 from vidqa.synth.render import render_frame
 from vidqa.synth.timeline import make_timeline
 
-WIDTH, HEIGHT = 224, 126
+# Rendered at the size the processor gives the demo's 448x252 frames (smart_resize to 28-multiples),
+# so training frames need no resize and are patchified on the GPU (see `patchify`).
+WIDTH, HEIGHT = 224, 112
 DURATIONS = [16, 32, 48, 64]  # multiples of the 16-frame chunk
 CHUNK = 16
 HELD_OUT_SEED_BASE = 10_000_000  # evaluation seeds; training seeds stay below
@@ -44,30 +46,51 @@ def shift_clock(text: str, offset: float) -> str:
     return clock(h * 3600 + m * 60 + s + offset)
 
 
-def make_example(seed: int, duration: int, offset: float, task: str | None = None):
-    """(frames uint8 [T, H, W, 3], times [T], question text, answer letter, task) for one clip."""
+def make_example(seed: int, duration: int, offset: float, max_questions: int = 4):
+    """(frames uint8 [T, H, W, 3], times [T], [(question text, answer letter, task)]) for one clip:
+    up to ``max_questions`` questions of different task types, asked one after another."""
     rng = random.Random(seed)
     tl = make_timeline(seed, duration, object_every=5.0, card_every=9.0, scene_every=14.0)
     qs = make_questions(tl, seed, per_task=1)
-    if task is not None and any(q["question_type"] == task for q in qs):
-        qs = [q for q in qs if q["question_type"] == task]
-    q = rng.choice(qs)
-    candidates = list(q["candidates"])
-    answer = q["answer"]
-    if q["question_type"] == "grounding":
-        candidates = [shift_clock(c, offset) for c in candidates]
-        answer = shift_clock(answer, offset)
+    rng.shuffle(qs)
+    out = []
+    for q in qs[:max_questions]:
+        candidates, answer = list(q["candidates"]), q["answer"]
+        if q["question_type"] == "grounding":
+            candidates = [shift_clock(c, offset) for c in candidates]
+            answer = shift_clock(answer, offset)
+        out.append((format_mc_question(q["question"], candidates), letter(candidates.index(answer)),
+                    q["question_type"]))
     frames = np.stack([render_frame(tl, float(t), WIDTH, HEIGHT) for t in range(duration)])
     times = np.arange(duration, dtype=np.float64) + offset
-    return frames, times, format_mc_question(q["question"], candidates), letter(candidates.index(answer)), \
-        q["question_type"]
+    return frames, times, out
+
+
+def patchify(frames: torch.Tensor, processor) -> torch.Tensor:
+    """What the Qwen2-VL video processor makes of frames already at a 28-multiple size, on any device.
+
+    ``frames`` uint8 ``[B, T, H, W, 3]`` (T even) -> ``[B * (T/2) * (H/14) * (W/14), 3 * 2 * 14 * 14]``:
+    rescale, normalise with the processor's mean/std, then the processor's patch order (temporal
+    grid, merged row, merged column, row in merge, column in merge; channels, time, pixel row, pixel
+    column). Tested against the processor itself.
+    """
+    vp = processor.video_processor
+    mean = torch.tensor(vp.image_mean, device=frames.device).view(1, 1, 3, 1, 1)
+    std = torch.tensor(vp.image_std, device=frames.device).view(1, 1, 3, 1, 1)
+    x = frames.permute(0, 1, 4, 2, 3).float() * vp.rescale_factor
+    x = (x - mean) / std
+    b, t, c, h, w = x.shape
+    p, m, tp = vp.patch_size, vp.merge_size, vp.temporal_patch_size
+    x = x.view(b, t // tp, tp, c, h // p // m, m, p, w // p // m, m, p)
+    x = x.permute(0, 1, 4, 7, 5, 8, 3, 2, 6, 9)
+    return x.reshape(b * (t // tp) * (h // p) * (w // p), c * tp * p * p)
 
 
 class ClipBatches(torch.utils.data.IterableDataset):
     """Endless batches; every batch shares one clip duration (so the visual layout is identical)."""
 
-    def __init__(self, processor, batch_size: int, seed: int, held_out: bool = False):
-        self.processor, self.batch_size, self.seed, self.held_out = processor, batch_size, seed, held_out
+    def __init__(self, batch_size: int, seed: int, held_out: bool = False):
+        self.batch_size, self.seed, self.held_out = batch_size, seed, held_out
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -79,15 +102,10 @@ class ClipBatches(torch.utils.data.IterableDataset):
             offset = float(rng.randrange(0, 3600 - duration, 2)) if rng.random() < 0.7 else 0.0
             items = [make_example(base + rng.randrange(10**9 if not self.held_out else 10**6), duration, offset)
                      for _ in range(self.batch_size)]
-            pixels = [self.processor.video_processor(videos=[f], return_tensors="pt", do_sample_frames=False,
-                                                     cap_pixels_per_frame=False) for f, *_ in items]
             yield {
-                "pixel_values": torch.cat([p["pixel_values_videos"] for p in pixels]),
-                "grid_thw": pixels[0]["video_grid_thw"][0],
+                "frames": torch.from_numpy(np.stack([f for f, _, _ in items])),
                 "times": items[0][1],
-                "questions": [it[2] for it in items],
-                "answers": [it[3] for it in items],
-                "tasks": [it[4] for it in items],
+                "qa": [q for _, _, q in items],
                 "gap": rng.randrange(0, 6000) if rng.random() < 0.5 else 0,
                 "chunk_gaps": [rng.randrange(0, 300) if rng.random() < 0.2 else 0 for _ in range(duration // CHUNK)],
             }
@@ -96,15 +114,16 @@ class ClipBatches(torch.utils.data.IterableDataset):
 def assemble(adapter, batch, device):
     """Inputs ``[B, L, D]``, positions ``[3, B, L]``, labels ``[B, L]`` for a batch (vision with grad)."""
     model = adapter.model
-    grid = batch["grid_thw"]
+    frames = batch["frames"].to(device, non_blocking=True)
+    b, n_frames = frames.shape[:2]
+    vp = adapter.processor.video_processor
+    grid = torch.tensor([n_frames // vp.temporal_patch_size, HEIGHT // vp.patch_size, WIDTH // vp.patch_size])
     frames_per_chunk = CHUNK
-    b = len(batch["questions"])
     grid_rows = grid.repeat(b, 1).to(device)
-    vis = model.model.visual(batch["pixel_values"].to(device, model.dtype), grid_thw=grid_rows)
+    vis = model.model.visual(patchify(frames, adapter.processor).to(model.dtype), grid_thw=grid_rows)
     vis = vis.pooler_output if hasattr(vis, "pooler_output") else vis
     per_video = vis.shape[0] // b
     times = batch["times"]
-    n_frames = len(times)
     tokens_per_grid = per_video // (n_frames // 2)
     # Shared layout: prefix, then chunks; text pieces are the same for every example of the batch.
     pieces, positions, pos = [], [], 0
@@ -139,15 +158,23 @@ def assemble(adapter, batch, device):
             else:
                 start, n = val
                 parts.append(vis[i * per_video + start: i * per_video + start + n])
-        q_ids = adapter.tokenize(adapter.prompt_question(batch["questions"][i], MC_ANSWER_PREFIX))
-        a_ids = adapter.tokenize(batch["answers"][i] + ")") .tolist() + [adapter.tokenizer.convert_tokens_to_ids("<|im_end|>")]
-        a_ids = torch.tensor(a_ids)
-        parts += [embed(q_ids.to(device)), embed(a_ids.to(device))]
+        # Several questions in turn: each answered, then the next asked as a follow-up turn.
+        ids, sup = [], []
+        end = adapter.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        for k, (question, answer, _) in enumerate(batch["qa"][i]):
+            text = adapter.prompt_question(question, MC_ANSWER_PREFIX)
+            if k:
+                text = "\n<|im_start|>user\n" + text
+            q_ids = adapter.tokenize(text).tolist()
+            a_ids = adapter.tokenize(answer + ")").tolist() + [end]
+            ids += q_ids + a_ids
+            sup += [False] * len(q_ids) + [True] * len(a_ids)
+        ids_t = torch.tensor(ids)
+        parts.append(embed(ids_t.to(device)))
         seqs.append(torch.cat(parts))
-        tail = adapter.text_positions(len(q_ids) + len(a_ids), pos)
-        poss.append(torch.cat([shared_pos, tail], dim=1))
+        poss.append(torch.cat([shared_pos, adapter.text_positions(len(ids), pos)], dim=1))
         lab = torch.full((seqs[-1].shape[0],), -100, dtype=torch.long)
-        lab[-len(a_ids):] = a_ids
+        lab[-len(ids):] = torch.where(torch.tensor(sup), ids_t, torch.full_like(ids_t, -100))
         labels.append(lab)
     length = max(s.shape[0] for s in seqs)
     x = torch.zeros(b, length, seqs[0].shape[1], device=device, dtype=seqs[0].dtype)
@@ -161,14 +188,23 @@ def assemble(adapter, batch, device):
     return x, p.to(device), y.to(device)
 
 
+def answer_starts(labels: torch.Tensor) -> list[list[int]]:
+    """Per row, the positions of the first token of each supervised answer."""
+    out = []
+    for row in labels:
+        sup = (row != -100).tolist()
+        out.append([j for j in range(len(sup)) if sup[j] and (j == 0 or not sup[j - 1])])
+    return out
+
+
 def letter_accuracy(logits, labels, adapter) -> list[bool]:
-    """Whether the first answer token (the option letter) is argmax among the letters a-d."""
+    """For every answer: is its option letter the argmax among the letters a-d?"""
     letters = [adapter.tokenizer.convert_tokens_to_ids(c) for c in "abcd"]
     out = []
-    for i in range(labels.shape[0]):
-        idx = (labels[i] != -100).nonzero().flatten()[0]
-        scores = logits[i, idx - 1, letters]
-        out.append(int(scores.argmax()) == letters.index(int(labels[i, idx])))
+    for i, starts in enumerate(answer_starts(labels)):
+        for j in starts:
+            scores = logits[i, j - 1, letters]
+            out.append(int(scores.argmax()) == letters.index(int(labels[i, j])))
     return out
 
 
@@ -197,7 +233,7 @@ def main(argv=None) -> int:
     model.to(device).train()
     adapter = Qwen2_5_VLAdapter(model, processor, "synth-tiny")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05, betas=(0.9, 0.98))
-    loader = torch.utils.data.DataLoader(ClipBatches(processor, args.batch_size, args.seed + (7 if args.resume else 0)),
+    loader = torch.utils.data.DataLoader(ClipBatches(args.batch_size, args.seed + (7 if args.resume else 0)),
                                          batch_size=None, num_workers=args.workers, prefetch_factor=4,
                                          persistent_workers=args.workers > 0,
                                          worker_init_fn=lambda _: torch.set_num_threads(1))
@@ -224,7 +260,7 @@ def main(argv=None) -> int:
         recent += letter_accuracy(logits.detach(), y, adapter)
         step += 1
         if step % 50 == 0:
-            row = {"step": step, "loss": round(float(loss), 4), "train_acc": round(sum(recent) / len(recent), 3),
+            row = {"step": step, "loss": round(float(loss.detach()), 4), "train_acc": round(sum(recent) / len(recent), 3),
                    "lr": lr, "time": round(time.time(), 1)}
             recent = []
             print(json.dumps(row), flush=True)
@@ -248,7 +284,7 @@ def main(argv=None) -> int:
 def evaluate(adapter, processor, device, batches: int, batch_size: int) -> dict:
     """Held-out accuracy per task (seeds never used in training), letter argmax at the answer."""
     per_task: dict[str, list[bool]] = {t: [] for t in TASKS}
-    data = iter(ClipBatches(processor, batch_size, seed=12345, held_out=True))
+    data = iter(ClipBatches(batch_size, seed=12345, held_out=True))
     with torch.no_grad():
         for _ in range(batches):
             batch = next(data)
@@ -256,7 +292,8 @@ def evaluate(adapter, processor, device, batches: int, batch_size: int) -> dict:
                 x, pos, y = assemble(adapter, batch, device)
                 logits = adapter.model.lm_head(adapter.model.model.language_model(
                     inputs_embeds=x, position_ids=pos).last_hidden_state).float()
-            for task, ok in zip(batch["tasks"], letter_accuracy(logits, y, adapter)):
+            tasks = [task for qa in batch["qa"] for _, _, task in qa]
+            for task, ok in zip(tasks, letter_accuracy(logits, y, adapter)):
                 per_task[task].append(ok)
     acc = {t: round(100 * sum(v) / len(v), 1) for t, v in per_task.items() if v}
     acc["m_avg"] = round(sum(acc.values()) / len(acc), 1)
