@@ -1,0 +1,202 @@
+"""PyAV backend: for each target time, the decoded frame whose presentation time is nearest.
+
+Targets come in ascending order. The decoder reads forward and keeps two frames: the last one at or
+before the target and the first one after it, and returns the nearer (ties go to the earlier).
+When the next target is further ahead than a keyframe interval (learnt while decoding, at least
+``SEEK_AHEAD_S``), it seeks to the keyframe before the target instead: that never decodes more
+frames than reading on would, and sparse sampling of a long video touches a small part of it.
+After a seek it checks where it landed; if the first frame is already past the target (an index
+that points late, B-frames whose keyframe is displayed after its decode time), it seeks further
+back, and after a few tries from the start. Dense sampling never seeks. Returned times are the
+frames' own presentation times, measured from the stream's start.
+
+Only what the caller asked for is converted to RGB (and resized, and turned upright), so decoding
+every frame of a 30 fps video to sample one per second costs the decode, not 30 conversions.
+
+A file cut short: targets past the last decodable frame (beyond that frame's own duration plus a
+frame) are not served; ``truncated`` is set and the iteration ends. Damaged packets are skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from vidqa.videoio.avutil import DecodeReport, av_module, decode_tolerantly, open_container
+from vidqa.videoio.orient import upright
+from vidqa.videoio.sampling import target_size
+
+# Targets nearer than this are reached by decoding on, even before a keyframe interval is known.
+SEEK_AHEAD_S = 4.0
+# Attempts at landing at or before a target, each seeking further back, before seeking to the start.
+SEEK_TRIES = 4
+
+
+def output_size(info, max_pixels: int | None) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((w, h) of returned frames, (w, h) to scale decoded frames to before turning them)."""
+    w, h = target_size(info.width, info.height, max_pixels)
+    coded = (h, w) if info.rotation in (90, 270) else (w, h)
+    return (w, h), coded
+
+
+class _Decoded:
+    """One decoded frame with its time (s, absolute in the stream) and duration (s, 0 if unknown)."""
+
+    __slots__ = ("time", "frame", "duration")
+
+    def __init__(self, time: float, frame, duration: float):
+        self.time, self.frame, self.duration = time, frame, duration
+
+
+class PyAVDecoder:
+    """Decodes ``info``'s video stream at given times; frames uint8 ``[H, W, 3]`` upright RGB."""
+
+    name = "pyav"
+
+    def __init__(self, info, max_pixels: int | None = None):
+        self.info = info
+        self.path = Path(info.path)
+        (self.out_w, self.out_h), (self.scale_w, self.scale_h) = output_size(info, max_pixels)
+        self.frame_step = 1.0 / info.fps if info.fps else 1.0
+        self.truncated = False
+        self.report = DecodeReport()
+        self.seeks = 0
+        self.decoded = 0
+
+    def convert(self, frame) -> np.ndarray:
+        rgb = frame.to_ndarray(format="rgb24", width=self.scale_w, height=self.scale_h)
+        return np.ascontiguousarray(upright(rgb, self.info.rotation, self.info.mirrored))
+
+    def _decode(self, container, stream, beat: Callable[[], None]) -> Iterator:
+        """Raw decoded frames from the container's current position (the step tests replace)."""
+        return decode_tolerantly(container, stream, self.report, beat)
+
+    def frames_at(self, targets: np.ndarray, beat: Callable[[], None] = lambda: None
+                  ) -> Iterator[tuple[float, np.ndarray]]:
+        """``(time s, frame)`` for each ascending target (s from the stream's start), in order."""
+        cursor = _Cursor(self, beat)
+        try:
+            converted = (None, None)
+            for target in targets:
+                want = cursor.start + float(target)
+                if cursor.should_seek(want):
+                    cursor.seek(want)
+                best = cursor.nearest(want)
+                if best is None:
+                    self.truncated = True
+                    return
+                if converted[0] is not best:
+                    converted = (best, self.convert(best.frame))
+                yield best.time - cursor.start, converted[1]
+            self.truncated = self.truncated or self.report.stopped_early
+        finally:
+            cursor.close()
+
+
+class _Cursor:
+    """Position in the stream: ``last`` (at or before the current target) and ``ahead`` (after)."""
+
+    def __init__(self, decoder: PyAVDecoder, beat: Callable[[], None]):
+        self.decoder, self.beat = decoder, beat
+        self._open()
+        self.time_base = self.stream.time_base
+        start = self.stream.start_time
+        self.start = float(start * self.time_base) if start is not None and self.time_base else 0.0
+        self.can_seek = bool(self.time_base)
+        self.gop = 0.0  # longest keyframe interval seen (s): seeking less far ahead may go backwards
+        self._restart()
+
+    def _restart(self) -> None:
+        self.frames = self.decoder._decode(self.container, self.stream, self.beat)
+        self.last = self.ahead = None
+        self.ended = False
+        self.last_key = None
+        self.position = self.start  # time up to which frames have been read
+
+    def _next(self) -> _Decoded | None:
+        frame = next(self.frames, None)
+        if frame is None:
+            self.ended = True
+            return None
+        self.decoder.decoded += 1
+        self.beat()
+        if frame.pts is None or self.time_base is None:
+            # Raw elementary streams carry no timestamps: count frames, and never seek (a landing
+            # point could not be checked).
+            self.can_seek = False
+            prev = self.ahead or self.last
+            t = prev.time + self.decoder.frame_step if prev is not None else self.start
+        else:
+            t = float(frame.pts * self.time_base)
+        duration = float(frame.duration * self.time_base) if frame.duration and self.time_base else 0.0
+        if frame.key_frame:
+            if self.last_key is not None and t > self.last_key:
+                self.gop = max(self.gop, t - self.last_key)
+            self.last_key = t
+        self.position = max(self.position, t)
+        return _Decoded(t, frame, duration)
+
+    def should_seek(self, want: float) -> bool:
+        return self.can_seek and want - self.position > max(SEEK_AHEAD_S, self.gop)
+
+    def seek(self, want: float) -> None:
+        av = av_module()
+        back = 0.0
+        for attempt in range(SEEK_TRIES + 1):
+            to = want - back if attempt < SEEK_TRIES else self.start
+            to = max(to, self.start)
+            try:
+                self.container.seek(int(to / self.time_base), stream=self.stream, backward=True,
+                                    any_frame=False)
+            except (av.FFmpegError, ValueError, OverflowError):
+                self._from_the_start()
+                return
+            self.decoder.seeks += 1
+            self._restart()
+            first = self._next()
+            landed_ok = first is not None and first.time <= want + 1e-6
+            if landed_ok or to <= self.start:
+                self.ahead = first
+                if first is not None and first.frame.key_frame:
+                    # The keyframe before ``want`` is this far back: a lower bound on the interval.
+                    self.gop = max(self.gop, want - first.time)
+                return
+            back = max(2 * back, self.gop, SEEK_AHEAD_S)
+
+    def _open(self) -> None:
+        self.container = open_container(self.decoder.path)
+        try:
+            self.stream = self.container.streams[self.decoder.info.stream_index]
+            self.stream.thread_type = "AUTO"  # frame threads: the decoder is the bottleneck, not Python
+        except BaseException:
+            self.container.close()
+            raise
+
+    def close(self) -> None:
+        self.container.close()
+
+    def _from_the_start(self) -> None:
+        """A container that cannot seek: reopen it and read forward from the beginning."""
+        self.can_seek = False
+        self.close()
+        self._open()
+        self._restart()
+
+    def nearest(self, want: float) -> _Decoded | None:
+        """The decoded frame nearest ``want``; None if the stream ended well before it."""
+        while not self.ended and (self.ahead is None or self.ahead.time <= want):
+            if self.ahead is not None:
+                self.last = self.ahead
+            self.ahead = self._next()
+        last, ahead = self.last, self.ahead
+        if last is not None and ahead is not None:
+            return last if want - last.time <= ahead.time - want else ahead
+        if ahead is not None:
+            return ahead  # the target is before the first frame
+        if last is None:
+            return None
+        # The stream ended: its last frame stands for targets within its own display time.
+        covers = max(last.duration, self.decoder.frame_step) + self.decoder.frame_step + 0.05
+        return last if want - last.time <= covers else None
