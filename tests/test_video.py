@@ -69,16 +69,23 @@ def test_seeking_lands_on_the_nearest_frame_for_each_codec(tmp_path, codec, ext,
     assert decoder.seeks >= 3 and decoder.decoded < 100  # it did seek, and skipped most frames
 
 
-def test_dense_sampling_decodes_forward_and_sparse_sampling_skips(tmp_path):
-    path = make_video(tmp_path / "d.mp4", 600, fps=10, gop=30)  # 60 s, a keyframe every 3 s
+@pytest.mark.parametrize("ext", ["mp4", "mkv"])
+def test_seeks_happen_only_where_they_skip_frames(tmp_path, ext):
+    """60 s at 10 fps, a keyframe every 3 s: 2 fps reads on; one frame every 2 s (some keyframes
+    lie between targets) and 7 frames over the minute seek, and decode fewer frames for it."""
+    path = make_video(tmp_path / f"d.{ext}", 600, fps=10, gop=30,
+                      container="matroska" if ext == "mkv" else None)
     info = open_video(path)
     dense = PyAVDecoder(info)
-    frames = list(dense.frames_at(sample_times(info, fps=2.0)))
-    assert len(frames) == 120 and dense.seeks == 0
-    sparse = PyAVDecoder(info)
-    got = [read_barcode(f) for _, f in sparse.frames_at(sample_times(info, num_frames=7))]
-    assert got == [int(round(i * 60 / 7 * 10)) for i in range(7)]
-    assert sparse.seeks >= 6 and sparse.decoded < 200
+    assert len(list(dense.frames_at(sample_times(info, fps=2.0)))) == 120
+    assert dense.seeks == 0 and dense.decoded <= 600
+    for fps, count, most in ((0.5, 30, 500), (1.0, 7, 200)):
+        targets = sample_times(info, fps=fps, max_frames=count)
+        decoder = PyAVDecoder(info)
+        got = [(t, read_barcode(f)) for t, f in decoder.frames_at(targets)]
+        assert [n for _, n in got] == [int(round(t * 10)) for t in targets]
+        assert [t for t, _ in got] == pytest.approx([n / 10 for _, n in got])
+        assert decoder.seeks >= 3 and decoder.decoded < most
 
 
 def test_variable_frame_rate_returns_nearest_frames_with_true_times(tmp_path):

@@ -2,9 +2,14 @@
 
 Targets come in ascending order. The decoder reads forward and keeps two frames: the last one at or
 before the target and the first one after it, and returns the nearer (ties go to the earlier).
-When the next target is further ahead than a keyframe interval (learnt while decoding, at least
-``SEEK_AHEAD_S``), it seeks to the keyframe before the target instead: that never decodes more
-frames than reading on would, and sparse sampling of a long video touches a small part of it.
+It seeks instead of reading on only when that skips frames. Where the container's index reaches the
+target (MP4 and AVI list every keyframe; Matroska does once its cues are read, which a seek to the
+start triggers when the index is short) it knows the keyframe before the target and seeks when that keyframe
+is more than ``SEEK_MIN_SKIP_S`` past the frames already read. Elsewhere it seeks when
+the target is further ahead than the longest keyframe interval seen so far (at least
+``SEEK_AHEAD_S``), so that the keyframe it lands on is past what was read. Either way a seek never
+decodes more frames than reading on would, and sparse sampling of a long video touches a small
+part of it, while 1 fps sampling of a typical video (a keyframe every few seconds) reads on.
 After a seek it checks where it landed; if the first frame is already past the target (an index
 that points late, B-frames whose keyframe is displayed after its decode time), it seeks further
 back, and after a few tries from the start. Dense sampling never seeks. Returned times are the
@@ -28,7 +33,9 @@ from vidqa.videoio.avutil import DecodeReport, av_module, decode_tolerantly, ope
 from vidqa.videoio.orient import upright
 from vidqa.videoio.sampling import target_size
 
-# Targets nearer than this are reached by decoding on, even before a keyframe interval is known.
+# A seek flushes the decoder (its frame threads lose their work): worth it when it skips this much.
+SEEK_MIN_SKIP_S = 1.0
+# Without an index, targets nearer than this are reached by decoding on.
 SEEK_AHEAD_S = 4.0
 # Attempts at landing at or before a target, each seeking further back, before seeking to the start.
 SEEK_TRIES = 4
@@ -106,7 +113,53 @@ class _Cursor:
         self.start = float(start * self.time_base) if start is not None and self.time_base else 0.0
         self.can_seek = bool(self.time_base)
         self.gop = 0.0  # longest keyframe interval seen (s): seeking less far ahead may go backwards
+        self.keys, self.key_gap, self.index_size = None, 0.0, -1
+        self._read_index()
+        if self.can_seek and not self._index_reaches_the_end():
+            self._load_full_index()
         self._restart()
+
+    def _index_reaches_the_end(self) -> bool:
+        end = self.start + self.decoder.info.duration
+        return self.keys is not None and self.keys[-1] >= end - max(self.key_gap, SEEK_AHEAD_S)
+
+    def _load_full_index(self) -> None:
+        """Seek to the start: Matroska reads its cues (the whole keyframe index) on its first seek."""
+        av = av_module()
+        try:
+            self.container.seek(int(self.start / self.time_base), stream=self.stream, backward=True,
+                                any_frame=False)
+        except (av.FFmpegError, ValueError, OverflowError):
+            self._from_the_start()  # a container that cannot seek even to its start never seeks
+            return
+        self._read_index()
+
+    def _read_index(self) -> None:
+        """Keyframe times from the container's index, re-read only when it has grown."""
+        try:
+            size = len(self.stream.index_entries)
+        except (AttributeError, TypeError):
+            return
+        if size != self.index_size:
+            self.index_size = size
+            self.keys = self._keyframe_times()
+            self.key_gap = float(np.max(np.diff(self.keys))) if self.keys is not None else 0.0
+
+    def _keyframe_times(self) -> np.ndarray | None:
+        """Ascending keyframe times (s) from the container's index; None if it lists fewer than two.
+
+        MP4 lists decode times: a keyframe is shown a few frames later with B-frames, which only
+        makes a seek decision slightly early; the landing check keeps the result exact.
+        """
+        if not self.can_seek:
+            return None
+        try:
+            stamps = [entry.timestamp for entry in self.stream.index_entries if entry.is_keyframe]
+        except (AttributeError, TypeError, ValueError):
+            return None
+        if len(stamps) < 2:
+            return None
+        return np.sort(np.asarray(stamps, dtype=np.float64) * float(self.time_base))
 
     def _restart(self) -> None:
         self.frames = self.decoder._decode(self.container, self.stream, self.beat)
@@ -139,7 +192,13 @@ class _Cursor:
         return _Decoded(t, frame, duration)
 
     def should_seek(self, want: float) -> bool:
-        return self.can_seek and want - self.position > max(SEEK_AHEAD_S, self.gop)
+        if not self.can_seek:
+            return False
+        if self.keys is not None and (want <= self.keys[-1] or self._index_reaches_the_end()):
+            i = int(np.searchsorted(self.keys, want + 1e-9, side="right")) - 1
+            return i >= 0 and self.keys[i] - self.position > SEEK_MIN_SKIP_S
+        # No index, or one that stops short of the target (listing only the keyframes read so far).
+        return want - self.position > max(SEEK_AHEAD_S, self.gop)
 
     def seek(self, want: float) -> None:
         av = av_module()
@@ -154,6 +213,7 @@ class _Cursor:
                 self._from_the_start()
                 return
             self.decoder.seeks += 1
+            self._read_index()  # the index may have grown with what was read
             self._restart()
             first = self._next()
             landed_ok = first is not None and first.time <= want + 1e-6
