@@ -44,6 +44,7 @@ class DecodeReport:
     """What went wrong while decoding a stream, for the caller's warning."""
 
     def __init__(self) -> None:
+        self.packets = 0
         self.bad_packets = 0
         self.stopped_early = False
         self.last_error = ""
@@ -69,6 +70,8 @@ def decode_tolerantly(container, stream, report: DecodeReport,
             yield from _flush(stream)
             return
         beat()
+        if packet.size:
+            report.packets += 1
         try:
             frames = packet.decode()
         except (av.FFmpegError, ValueError) as err:

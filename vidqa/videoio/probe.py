@@ -203,7 +203,8 @@ def _frame_rate(stream) -> float:
 
 
 def _packet_span(container, stream) -> tuple[int, float]:
-    """(packets, seconds) of a stream read to its end; for containers that state no duration."""
+    """(packets, seconds) of a stream from the current position to its end; for containers that
+    state no duration (raw elementary streams)."""
     av = av_module()
     count, first, last = 0, None, None
     try:
@@ -274,7 +275,7 @@ def _probe(p: Path) -> VideoInfo:
             duration = frames / fps
         if duration <= 0:
             count, span = _packet_span(container, stream)
-            frames = frames or count
+            frames = frames or count + report.packets  # the packets the probe decoded count too
             if fps and frames > 1:
                 duration = frames / fps
             elif span > 0:

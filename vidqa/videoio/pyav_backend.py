@@ -109,6 +109,8 @@ class _Cursor:
         self.decoder, self.beat = decoder, beat
         self._open()
         self.time_base = self.stream.time_base
+        # A float: Fraction arithmetic on every frame costs more than the rest of the bookkeeping.
+        self.tb = float(self.time_base) if self.time_base else 0.0
         start = self.stream.start_time
         self.start = float(start * self.time_base) if start is not None and self.time_base else 0.0
         self.can_seek = bool(self.time_base)
@@ -182,8 +184,8 @@ class _Cursor:
             prev = self.ahead or self.last
             t = prev.time + self.decoder.frame_step if prev is not None else self.start
         else:
-            t = float(frame.pts * self.time_base)
-        duration = float(frame.duration * self.time_base) if frame.duration and self.time_base else 0.0
+            t = frame.pts * self.tb
+        duration = frame.duration * self.tb if frame.duration else 0.0
         if frame.key_frame:
             if self.last_key is not None and t > self.last_key:
                 self.gop = max(self.gop, t - self.last_key)
