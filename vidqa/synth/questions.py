@@ -1,19 +1,23 @@
-"""MLVU-format multiple-choice questions generated from a timeline, and an independent checker.
+"""MLVU-format multiple-choice questions generated from a timeline.
 
-Each question has MLVU's fields (``video``, ``duration``, ``question``, ``candidates`` (4),
-``answer`` as option text, ``question_type``) plus ``meta``: the parameters the checker needs to
-recompute the answer from the timeline by its own code path. Task types mirror MLVU's
-multiple-choice set, plus ``grounding``:
+Each question has exactly the fields of the MLVU dev set's multiple-choice files (Zhou et al., 2024,
+"MLVU: A Comprehensive Benchmark for Multi-Task Long Video Understanding"): ``video``,
+``duration``, ``question``, ``candidates`` (4, unique, shuffled), ``answer`` (the option *text*) and
+``question_type``. Task types mirror MLVU's multiple-choice set, plus ``grounding``:
 
-* ``findNeedle``  -- the colour of the rare shape that appears once;
-* ``count``       -- how many times a colour/shape combination appeared;
-* ``order``       -- the order of three text cards;
-* ``topic_reasoning`` -- the scene that fills most of the video;
+* ``findNeedle``  -- the colour of a rare shape shown once, or the place where it was shown;
+* ``count``       -- how many times a (colour, shape) pair appeared (in long videos: a held-back
+  pair shown 1-6 times across the whole video);
+* ``order``       -- the order of 3-4 once-shown card words, or of the needles;
+* ``topic_reasoning`` -- the scene that fills most of the video (asked only when clear-cut);
 * ``anomaly_reco`` -- which unusual event happened;
-* ``plotQA``      -- what appeared right after a text card;
-* ``grounding``   -- when a text card appeared (time candidates).
+* ``plotQA``      -- the object that appeared first after a card (within 20 s of it);
+* ``grounding``   -- when a once-shown word or a needle appeared (``HH:MM:SS`` candidates at least
+  a few seconds apart from the event and from each other).
 
-Distractors come from the world (other colours, scenes, words, objects that exist), never noise.
+Distractors come from the world: colours, places, words and objects that the video (or failing
+that the vocabulary) has, times of other events. ``vidqa.synth.check`` recomputes every answer by
+its own code path.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ import itertools
 import numpy as np
 
 from vidqa.synth import vocab
-from vidqa.synth.timeline import Timeline, scene_totals
+from vidqa.synth.world import Timeline, scene_totals
 
 TASKS = ["findNeedle", "count", "order", "topic_reasoning", "anomaly_reco", "plotQA", "grounding"]
+PLOT_WINDOW_S = 20.0  # "right after": the next object starts within this many seconds of the card
+TOPIC_MARGIN = 1.15  # the dominant scene must fill 15% more time than the runner-up
 
 
 def clock(seconds: float) -> str:
@@ -33,126 +39,186 @@ def clock(seconds: float) -> str:
     return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def _pick(rng, items, k):
-    idx = rng.permutation(len(items))[:k]
-    return [items[i] for i in idx]
+def grounding_margin(duration: float) -> float:
+    """Seconds that separate time candidates from the event and from each other."""
+    return max(2.0, min(30.0, duration / 20))
 
 
-def _mc(rng, answer: str, distractors: list[str]) -> list[str]:
-    pool = [d for d in dict.fromkeys(distractors) if d != answer]
-    cands = [answer] + _pick(rng, pool, 3)
-    if len(cands) < 4:
-        return []
+def _a(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _pick(rng, items: list, k: int) -> list:
+    return [items[i] for i in rng.permutation(len(items))[:k]]
+
+
+def _mc(rng, answer: str, preferred: list[str], fallback: list[str] = ()) -> list[str] | None:
+    """The answer and three distractors (from ``preferred`` first), shuffled; None if too few."""
+    pool = [d for d in dict.fromkeys(preferred) if d != answer]
+    chosen = _pick(rng, pool, 3)
+    if len(chosen) < 3:
+        extra = [d for d in dict.fromkeys(fallback) if d != answer and d not in chosen]
+        chosen += _pick(rng, extra, 3 - len(chosen))
+    if len(chosen) < 3:
+        return None
+    cands = [answer] + chosen
     return [cands[i] for i in rng.permutation(4)]
 
 
-def _q(video, tl, question, candidates, answer, task, meta):
-    return {"video": video, "duration": tl.duration, "question": question, "candidates": candidates,
-            "answer": answer, "question_type": task, "meta": meta}
-
-
 def make_questions(timeline: Timeline, seed: int, video: str = "video.mp4", per_task: int = 2) -> list[dict]:
-    """Up to ``per_task`` questions of each task type (fewer when the world cannot support one)."""
-    rng = np.random.default_rng([seed, 17])
-    tl = timeline
-    out: list[dict] = []
-    colours = list(vocab.COLOURS)
+    """Up to ``per_task`` questions of each task type, in ``TASKS`` order (fewer when the world
+    cannot support one); deterministic in (timeline, seed)."""
+    rng = np.random.default_rng([int(seed), 17])
+    tl, out = timeline, []
 
-    needles = [o for o in tl.objects if o.shape in vocab.RARE_SHAPES]
-    for o in _pick(rng, needles, per_task):
-        cands = _mc(rng, o.colour, colours)
-        out.append(_q(video, tl, f"What colour was the {o.shape} that appeared in the video?", cands,
-                      o.colour, "findNeedle", {"shape": o.shape}))
+    def add(task, question, candidates, answer):
+        if candidates is not None:
+            out.append({"video": video, "duration": tl.duration, "question": question, "candidates": candidates,
+                        "answer": answer, "question_type": task})
 
-    combos: dict[tuple[str, str], int] = {}
-    for o in tl.objects:
-        if o.shape in vocab.COMMON_SHAPES:
-            combos[(o.colour, o.shape)] = combos.get((o.colour, o.shape), 0) + 1
-    countable = sorted(k for k, v in combos.items() if 1 <= v <= 9)
-    for colour, shape in _pick(rng, countable, per_task):
-        n = combos[(colour, shape)]
-        distractors = [str(v) for v in range(max(0, n - 3), n + 5) if v != n]
-        cands = _mc(rng, str(n), distractors)
-        out.append(_q(video, tl, f"How many times did a {colour} {shape} appear in the video?", cands,
-                      str(n), "count", {"colour": colour, "shape": shape}))
-
-    if len(tl.cards) >= 3:
-        for _ in range(per_task):
-            chosen = sorted(_pick(rng, tl.cards, 3), key=lambda c: c.start)
-            words = [c.word for c in chosen]
-            perms = [", ".join(p) for p in itertools.permutations(words)]
-            answer = ", ".join(words)
-            cands = _mc(rng, answer, perms)
-            out.append(_q(video, tl, "In which order did these words appear on cards in the video?",
-                          cands, answer, "order", {"words": sorted(words)}))
-
-    totals = sorted(scene_totals(tl).values(), reverse=True)
-    if len(totals) == 1 or totals[0] >= 1.15 * totals[1]:  # only when the answer is clear-cut
-        cands = _mc(rng, tl.dominant_scene, list(vocab.SCENES))
-        out.append(_q(video, tl, "Which place is the video mostly set in?", cands, tl.dominant_scene,
-                      "topic_reasoning", {}))
-
-    for a in tl.anomalies[:per_task]:
-        answer = vocab.ANOMALIES[a.kind]
-        cands = _mc(rng, answer, list(vocab.ANOMALIES.values()))
-        out.append(_q(video, tl, "Which unusual event happened in the video?", cands, answer,
-                      "anomaly_reco", {}))
-
-    plot_cards = []
-    for c in tl.cards:
-        after = sorted((o for o in tl.objects if o.start >= c.start), key=lambda o: o.start)
-        if after and (len(after) == 1 or after[1].start - after[0].start >= 1.0):
-            plot_cards.append((c, after[0]))
-    labels = sorted({f"{o.colour} {o.shape}" for o in tl.objects})
-    for c, o in _pick(rng, plot_cards, per_task):
-        answer = f"{o.colour} {o.shape}"
-        cands = _mc(rng, answer, labels)
-        if cands:
-            out.append(_q(video, tl, f"What appeared first after the word '{c.word}' was shown?", cands,
-                          answer, "plotQA", {"word": c.word}))
-
-    for c in _pick(rng, tl.cards, per_task):
-        others = [clock(x.start) for x in tl.cards if x is not c] + \
-                 [clock((c.start + d) % tl.duration) for d in (tl.duration / 3, 2 * tl.duration / 3, tl.duration / 2)]
-        cands = _mc(rng, clock(c.start), others)
-        if cands:
-            out.append(_q(video, tl, f"At what time did the word '{c.word}' first appear?", cands,
-                          clock(c.start), "grounding", {"word": c.word}))
+    for make in (_find_needle, _count, _order, _topic, _anomaly, _plot, _grounding):
+        for q in make(rng, tl, per_task):
+            add(*q)
     seen, unique = set(), []
     for q in out:
-        key = (q["question"], q["answer"])
-        if len(q["candidates"]) == 4 and key not in seen:
-            seen.add(key)
+        if q["question"] not in seen:
+            seen.add(q["question"])
             unique.append(q)
     return unique
 
 
-def check_question(timeline: Timeline, q: dict) -> bool:
-    """Recomputes the answer of ``q`` from ``timeline`` alone and compares it with ``q["answer"]``."""
-    tl, meta, task = timeline, q["meta"], q["question_type"]
-    if task == "findNeedle":
-        found = [o.colour for o in tl.objects if o.shape == meta["shape"]]
-        truth = found[0] if len(found) == 1 else None
-    elif task == "count":
-        truth = str(sum(o.colour == meta["colour"] and o.shape == meta["shape"] for o in tl.objects))
-    elif task == "order":
-        cards = [c for c in tl.cards if c.word in meta["words"]]
-        truth = ", ".join(c.word for c in sorted(cards, key=lambda c: c.start))
-    elif task == "topic_reasoning":
-        totals: dict[str, float] = {}
-        for s in tl.scenes:
-            totals[s.name] = totals.get(s.name, 0.0) + (s.end - s.start)
-        truth = max(totals, key=totals.get)
-    elif task == "anomaly_reco":
-        truth = vocab.ANOMALIES[tl.anomalies[0].kind] if tl.anomalies else None
-    elif task == "plotQA":
-        card = next(c for c in tl.cards if c.word == meta["word"])
-        later = [o for o in tl.objects if o.start >= card.start]
-        first = min(later, key=lambda o: o.start)
-        truth = f"{first.colour} {first.shape}"
-    elif task == "grounding":
-        card = next(c for c in tl.cards if c.word == meta["word"])
-        truth = clock(card.start)
-    else:
-        return False
-    return truth == q["answer"] and q["answer"] in q["candidates"] and len(set(q["candidates"])) == 4
+def _once(items, key):
+    counts: dict = {}
+    for x in items:
+        counts[key(x)] = counts.get(key(x), 0) + 1
+    return [x for x in items if counts[key(x)] == 1]
+
+
+def _needles(tl: Timeline):
+    return _once([o for o in tl.objects if o.shape in vocab.RARE_SHAPES], lambda o: o.shape)
+
+
+def _present_colours(tl: Timeline) -> list[str]:
+    return sorted({o.colour for o in tl.objects})
+
+
+def _present_scenes(tl: Timeline) -> list[str]:
+    return sorted({s.name for s in tl.scenes})
+
+
+def _find_needle(rng, tl, k):
+    pairs = [(o, variant) for o in _needles(tl) for variant in ("colour", "place")]
+    for o, variant in _pick(rng, pairs, k):
+        if variant == "colour":
+            yield ("findNeedle", f"What colour was the {o.shape} that appeared in the video?",
+                   _mc(rng, o.colour, _present_colours(tl), list(vocab.COLOURS)), o.colour)
+        else:
+            place = tl.scene_at((o.start + o.end) / 2).name
+            yield ("findNeedle", f"In which place did the {o.shape} appear?",
+                   _mc(rng, place, _present_scenes(tl), list(vocab.SCENES)), place)
+
+
+def _count(rng, tl, k):
+    combos: dict[tuple[str, str], int] = {}
+    for o in tl.objects:
+        if o.shape in vocab.COMMON_SHAPES:
+            combos[(o.colour, o.shape)] = combos.get((o.colour, o.shape), 0) + 1
+    for colour, shape in _pick(rng, sorted(c for c, n in combos.items() if n <= 9), k):
+        n = combos[(colour, shape)]
+        near = [str(v) for v in range(max(1, n - 3), n + 4)]
+        yield ("count", f"How many times did {_a(colour)} {colour} {shape} appear in the video?",
+               _mc(rng, str(n), near), str(n))
+
+
+def _order(rng, tl, k):
+    words = sorted(_once(tl.cards, lambda c: c.word), key=lambda c: c.start)
+    needles = sorted(_needles(tl), key=lambda o: o.start)
+    options = []
+    if len(words) >= 3:
+        options += ["words"] * k
+    if len(needles) >= 3:
+        options.append("shapes")
+    for kind in _pick(rng, options, k):
+        if kind == "words":
+            n = 4 if len(words) >= 4 and rng.random() < 0.5 else 3
+            names = [c.word for c in sorted(_pick(rng, words, n), key=lambda c: c.start)]
+            # The words are named in the question (alphabetically), as MLVU lists the events.
+            question = f"In which order did the words {', '.join(sorted(names))} appear on cards in the video?"
+        else:
+            names = [o.shape for o in needles[:3]]
+            question = f"In which order did the {', '.join(sorted(names))} appear in the video?"
+        answer = ", ".join(names)
+        wrong = [", ".join(p) for p in itertools.permutations(names)]
+        yield ("order", question, _mc(rng, answer, wrong), answer)
+
+
+def _topic(rng, tl, k):
+    totals = scene_totals(tl)
+    ranked = sorted(totals.values(), reverse=True)
+    if len(ranked) > 1 and ranked[0] < TOPIC_MARGIN * ranked[1]:
+        return
+    answer = max(totals, key=totals.get)
+    phrasings = ["Which place is the video mostly set in?", "What is the main background of the video?"]
+    for question in phrasings[:k]:
+        yield ("topic_reasoning", question, _mc(rng, answer, _present_scenes(tl), list(vocab.SCENES)), answer)
+
+
+def _anomaly(rng, tl, k):
+    kinds = {a.kind for a in tl.anomalies}
+    if len(kinds) != 1:
+        return
+    answer = vocab.ANOMALIES[kinds.pop()]
+    phrasings = ["Which unusual event happened in the video?",
+                 "Does this video contain any anomalies? If yes, which kind of anomaly?"]
+    for question in phrasings[:k]:
+        yield ("anomaly_reco", question, _mc(rng, answer, list(vocab.ANOMALIES.values())), answer)
+
+
+def _plot(rng, tl, k):
+    objects = sorted(tl.objects, key=lambda o: o.start)
+    starts = [o.start for o in objects]
+    found = []
+    for c in _once(tl.cards, lambda c: c.word):
+        i = int(np.searchsorted(starts, c.start, side="left"))
+        if i < len(objects) and objects[i].start - c.start <= PLOT_WINDOW_S and \
+                (i + 1 == len(objects) or objects[i + 1].start - objects[i].start >= 1.0):
+            found.append((c, objects[i], objects[max(0, i - 2):i + 4]))
+    labels = sorted({f"{o.colour} {o.shape}" for o in tl.objects})
+    for c, o, near in _pick(rng, found, k):
+        answer = f"{o.colour} {o.shape}"
+        # The objects just before and after are the most tempting wrong answers.
+        yield ("plotQA", f"What appeared first after the word '{c.word}' was shown?",
+               _mc(rng, answer, [f"{p.colour} {p.shape}" for p in near], labels), answer)
+
+
+def _grounding(rng, tl, k):
+    events = [(f"the word '{c.word}'", c.start, c.end) for c in _once(tl.cards, lambda c: c.word)]
+    events += [(f"the {o.shape}", o.start, o.end) for o in _needles(tl)]
+    margin = grounding_margin(tl.duration)
+    others = sorted({c.start for c in tl.cards} | {o.start for o in tl.objects})
+    for name, start, end in _pick(rng, events, k):
+        answer = clock(start)
+        times = _spaced_times(rng, start, end, others, tl.duration, margin)
+        if times is not None:
+            yield ("grounding", f"At what time did {name} appear?", [clock(x) for x in times],
+                   answer)
+
+
+def _spaced_times(rng, start, end, others, duration, margin):
+    """The event's start and three other times (other events' starts first, else any second),
+    all at least ``margin`` from the event and from each other, shuffled; None if impossible."""
+    chosen = [float(start)]
+
+    def ok(x):
+        return not (start - margin < x < end + margin) and all(abs(x - c) >= margin for c in chosen[1:])
+
+    for pool in (list(others), list(np.arange(0.0, duration, 1.0))):
+        for i in rng.permutation(len(pool)):
+            if len(chosen) == 4:
+                break
+            x = float(int(pool[i]))
+            if 0 <= x < duration and ok(x):
+                chosen.append(x)
+    if len(chosen) < 4:
+        return None
+    return [chosen[i] for i in rng.permutation(4)]
