@@ -8,6 +8,7 @@ white square in the bottom-right corner.
 
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import av
 import numpy as np
 
 BITS = 12
+os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its banner to stderr unless told errors only
 
 
 def barcode_frame(n: int, width: int = 96, height: int = 64, rng=None) -> np.ndarray:
