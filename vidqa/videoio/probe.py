@@ -15,7 +15,6 @@ is the stream's, else the container's, else found by reading the packets (raw el
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import re
@@ -29,7 +28,6 @@ from vidqa.videoio.avutil import DecodeReport, av_module, decode_tolerantly, ope
 from vidqa.videoio.orient import frame_orientation
 from vidqa.videoio.watchdog import call_with_timeout
 
-log = logging.getLogger("vidqa.video")
 
 URL_PATTERN = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://")
 # FFmpeg demuxers that read a single picture (or a sequence of picture files).
