@@ -129,6 +129,32 @@ def test_cli_reports_bad_arguments_as_config_errors(tmp_path):
         synth_main(["--duration", "3", "--out", str(tmp_path)])
     with pytest.raises(ConfigError):
         synth_main(["--duration", "30", "--per-task", "0", "--out", str(tmp_path)])
+    with pytest.raises(ConfigError):
+        synth_main(["--duration", "30", "--name", "../escape.mp4", "--out", str(tmp_path)])
     from vidqa.app.cli import main
 
     assert main(["synth", "--duration", "3", "--out", str(tmp_path)]) == ConfigError.exit_code
+
+
+def test_demo_assets_match_the_generator():
+    """assets/ holds what `vidqa synth --duration 240 --seed 8 --per-task 2 --name demo.mp4` writes."""
+    from pathlib import Path
+
+    from vidqa.synth import TASKS, make_questions
+
+    assets = Path(__file__).resolve().parent.parent / "assets"
+    tl = make_timeline(8, 240)
+    assert (assets / "demo_timeline.json").read_text() == tl.to_json() + "\n"
+    qs = make_questions(tl, 8, video="demo.mp4", per_task=2)
+    assert (assets / "demo_questions.json").read_text() == json.dumps(qs, indent=1) + "\n"
+    assert {q["question_type"] for q in qs} == set(TASKS) and all(check_question(tl, q) for q in qs)
+    video = assets / "demo.mp4"
+    assert video.stat().st_size < 5 * 2**20
+    with av.open(str(video)) as c:
+        s = c.streams.video[0]
+        assert (s.codec_context.name, s.width, s.height, s.frames) == ("h264", 448, 252, 240)
+        for f in c.decode(s):
+            t = int(round(f.time))
+            if t in (37, 151):
+                frame = f.to_ndarray(format="rgb24").astype(int)
+                assert np.abs(frame - render_frame(tl, float(t), 448, 252)).mean() < 12

@@ -1,8 +1,9 @@
 """``vidqa synth``: write a synthetic video, its timeline and its MLVU-format questions.
 
     vidqa synth --duration 3600 --seed 7 --out DIR [--fps 1] [--width 448 --height 252] [--per-task N]
+                [--name video.mp4]
 
-writes ``DIR/video.mp4``, ``DIR/timeline.json`` and ``DIR/questions.json`` and prints one JSON line
+writes ``DIR/video.mp4`` (or ``--name``), ``DIR/timeline.json`` and ``DIR/questions.json`` and prints one JSON line
 with their paths and the number of questions. Same arguments, same bytes (video aside: x264 output
 is deterministic for one build, not across builds).
 """
@@ -45,7 +46,11 @@ def synth_main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=448)
     p.add_argument("--height", type=int, default=252)
     p.add_argument("--per-task", type=int, default=2, help="questions per task type (default 2)")
+    p.add_argument("--name", default="video.mp4", help="file name of the video (also the questions' 'video')")
     args = p.parse_args(argv)
-    result = generate(Path(args.out), args.duration, args.seed, args.fps, args.width, args.height, args.per_task)
+    if Path(args.name).name != args.name or not args.name.endswith(".mp4"):
+        raise ConfigError(f"--name must be a plain file name ending in .mp4, got {args.name!r}")
+    result = generate(Path(args.out), args.duration, args.seed, args.fps, args.width, args.height, args.per_task,
+                      name=args.name)
     print(json.dumps(result))
     return 0
