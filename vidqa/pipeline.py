@@ -106,8 +106,8 @@ class VideoQA:
         """Builds (or loads from the cache) the memory of ``video``."""
         from vidqa.video import open_video
 
+        info = open_video(video)  # raises VideoError with a one-line reason (URLs, missing, ...)
         path = Path(video)
-        info = open_video(path)  # raises VideoError with a one-line reason
         key = (str(path.resolve()), self.config.ingest_key())
         if use_cache and key in self._memories:
             return self._memories[key]
@@ -144,7 +144,7 @@ class VideoQA:
         try:
             for chunk in iter_chunks(path, fps=vc.fps, num_frames=vc.num_frames, max_frames=vc.max_frames,
                                      chunk_frames=vc.chunk_frames, max_pixels=vc.max_pixels,
-                                     decoder=vc.decoder):
+                                     decoder=vc.decoder, info=info):
                 now = time.perf_counter()
                 timings["decode"] += now - t_mark
                 tokens = adapter.encode(chunk.frames, chunk.times, first_index=int(chunk.indices[0]))
