@@ -22,8 +22,8 @@ install: $(STAMP)
 DEMO_MODEL := $(if $(wildcard assets/models/synth-tiny/config.json),synth-tiny,tiny-random/qwen2_5_vl)
 
 demo: $(STAMP)
-	$(BIN)/vidqa ask assets/demo.mp4 "What colour was the cross that appeared in the video?" \
-		--options yellow blue orange black --model $(DEMO_MODEL)
+	$(BIN)/vidqa ask assets/demo.mp4 "What colour was the diamond that appeared in the video?" \
+		--options red green purple orange --model $(DEMO_MODEL)
 
 test: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider
