@@ -55,8 +55,9 @@ class LlavaOnevisionAdapter(VLMAdapter):
         pixels = inputs["pixel_values_videos"].to(self.device, self.dtype)
         cfg = self.model.config
         with torch.no_grad():
+            # Positional: the argument is `pixel_values` in transformers 5.17, `pixel_values_videos` in 5.23.
             out = self.model.model.get_video_features(
-                pixel_values_videos=pixels, vision_feature_layer=cfg.vision_feature_layer,
+                pixels, vision_feature_layer=cfg.vision_feature_layer,
                 vision_feature_select_strategy=cfg.vision_feature_select_strategy)
         feats = out.pooler_output if hasattr(out, "pooler_output") else out[0]
         embeds = feats[0, :-1]  # drop the trailing image_newline: vidqa appends one per chunk

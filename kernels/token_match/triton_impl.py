@@ -12,18 +12,28 @@ import triton.language as tl
 def _match_kernel(A, B, VAL, IDX, na, nb, D: tl.constexpr, BA: tl.constexpr, BB: tl.constexpr, BD: tl.constexpr):
     ra = tl.program_id(0) * BA + tl.arange(0, BA)
     oka = ra < na
-    d = tl.arange(0, BD)
-    dm = d < D
-    a = tl.load(A + ra[:, None] * D + d[None, :], mask=oka[:, None] & dm[None, :], other=0.0).to(tl.float32)
-    a = a / tl.maximum(tl.sqrt(tl.sum(a * a, axis=1)), 1e-12)[:, None]
+    # Norms of this tile of `a`, in BD-wide slices of the channels (wide tokens stay in registers).
+    na2 = tl.zeros((BA,), tl.float32)
+    for d0 in range(0, D, BD):
+        d = d0 + tl.arange(0, BD)
+        a = tl.load(A + ra[:, None] * D + d[None, :], mask=oka[:, None] & (d < D)[None, :], other=0.0).to(tl.float32)
+        na2 += tl.sum(a * a, axis=1)
+    inv_a = 1.0 / tl.maximum(tl.sqrt(na2), 1e-12)
     best = tl.full((BA,), float("-inf"), tl.float32)
     arg = tl.zeros((BA,), tl.int32)
     for b0 in range(0, nb, BB):
         rb = b0 + tl.arange(0, BB)
         okb = rb < nb
-        b = tl.load(B + rb[:, None] * D + d[None, :], mask=okb[:, None] & dm[None, :], other=0.0).to(tl.float32)
-        b = b / tl.maximum(tl.sqrt(tl.sum(b * b, axis=1)), 1e-12)[:, None]
-        sim = tl.dot(a, tl.trans(b), input_precision="ieee")  # exact ties/argmax as the reference
+        dots = tl.zeros((BA, BB), tl.float32)
+        nb2 = tl.zeros((BB,), tl.float32)
+        for d0 in range(0, D, BD):
+            d = d0 + tl.arange(0, BD)
+            dm = d < D
+            a = tl.load(A + ra[:, None] * D + d[None, :], mask=oka[:, None] & dm[None, :], other=0.0).to(tl.float32)
+            b = tl.load(B + rb[:, None] * D + d[None, :], mask=okb[:, None] & dm[None, :], other=0.0).to(tl.float32)
+            dots += tl.dot(a, tl.trans(b), input_precision="ieee")  # exact ties/argmax as the reference
+            nb2 += tl.sum(b * b, axis=1)
+        sim = dots * inv_a[:, None] / tl.maximum(tl.sqrt(nb2), 1e-12)[None, :]
         sim = tl.where(okb[None, :], sim, float("-inf"))
         tile_best = tl.max(sim, axis=1)
         tile_arg = tl.argmax(sim, axis=1).to(tl.int32) + b0
@@ -43,5 +53,5 @@ def best_match_triton(a: torch.Tensor, b: torch.Tensor, values=None, indices=Non
         indices = torch.empty(na, device=a.device, dtype=torch.int32)
     ba = 32
     _match_kernel[(triton.cdiv(na, ba),)](a.contiguous(), b.contiguous(), values, indices, na, nb,
-                                         D=d, BA=ba, BB=32, BD=max(16, triton.next_power_of_2(d)))
+                                         D=d, BA=ba, BB=32, BD=min(64, max(16, triton.next_power_of_2(d))))
     return values, indices.long()
