@@ -59,10 +59,14 @@ class LlavaOnevisionAdapter(VLMAdapter):
             out = self.model.model.get_video_features(
                 pixels, vision_feature_layer=cfg.vision_feature_layer,
                 vision_feature_select_strategy=cfg.vision_feature_select_strategy)
-        feats = out.pooler_output if hasattr(out, "pooler_output") else out[0]
-        embeds = feats[0, :-1]  # drop the trailing image_newline: vidqa appends one per chunk
+        feats = getattr(out, "pooler_output", out)
+        if isinstance(feats, (tuple, list)):
+            feats = feats[0]
         t = len(times)
         h, w = self.frame_hw
+        # transformers 5.23 appends the image_newline after the frames and 5.17 does not; keep the
+        # frames' tokens only (vidqa appends one newline per chunk itself).
+        embeds = feats.reshape(-1, feats.shape[-1])[: t * h * w]
         idx = torch.arange(t * h * w)
         f = idx // (h * w)
         return VisualTokens(
