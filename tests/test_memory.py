@@ -10,7 +10,8 @@ from vidqa.config import MemoryConfig
 from vidqa.memory import StreamingIngest, recall
 from vidqa.memory.compress import compress_layer
 from vidqa.memory.retrieve import select_blocks
-from vidqa.tokens import VisualTokens
+
+from sequences import one_shot_sequence
 
 
 def _chunks(adapter, n_chunks, frames_per_chunk=4, seed=0):
@@ -32,33 +33,6 @@ def _ingest(adapter, chunks, config):
     return ing.finish(model=adapter.name, video={}, config_key="k", stats={})
 
 
-def _full_sequence(adapter, chunks, question):
-    """The one-shot sequence the memory stands for: prefix, every chunk, the question."""
-    embeds, positions, pos = [], [], 0
-
-    def text(t):
-        nonlocal pos
-        ids = adapter.tokenize(t)
-        embeds.append(adapter.embed_ids(ids))
-        positions.append(adapter.text_positions(len(ids), pos))
-        pos += len(ids)
-
-    text(adapter.prompt_prefix())
-    for tokens, layout, _ in chunks:
-        text(adapter.chunk_open(layout.t0))
-        embeds.append(tokens.embeds)
-        positions.append(adapter.visual_positions(tokens, layout, pos))
-        pos += layout.extent
-        text(adapter.chunk_close())
-        extra = adapter.chunk_close_embeds()
-        if extra is not None:
-            embeds.append(extra)
-            positions.append(adapter.text_positions(extra.shape[0], pos))
-            pos += extra.shape[0]
-    text(adapter.prompt_question(question))
-    return torch.cat(embeds), torch.cat(positions, dim=1)
-
-
 @pytest.mark.parametrize("fixture", ["qwen_adapter", "llava_adapter"])
 def test_streaming_ingest_and_recall_equal_full_forward(request, fixture):
     adapter = request.getfixturevalue(fixture)
@@ -69,7 +43,7 @@ def test_streaming_ingest_and_recall_equal_full_forward(request, fixture):
     q_ids = adapter.tokenize(question)
     rec = recall(adapter, memory, adapter.embed_ids(q_ids), config)
     ours = adapter.forward(adapter.embed_ids(q_ids), adapter.text_positions(len(q_ids), rec.next_position), rec.cache)
-    embeds, positions = _full_sequence(adapter, chunks, "What happened?")
+    embeds, positions = one_shot_sequence(adapter, [t for t, _, _ in chunks], "What happened?")
     full = adapter.forward(embeds, positions, DynamicCache())
     torch.testing.assert_close(ours, full, atol=1e-5, rtol=1e-5)
     assert rec.blocks == [0, 1, 2, 3]

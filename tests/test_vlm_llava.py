@@ -7,34 +7,11 @@ from transformers import DynamicCache
 
 from vidqa.tokens import VisualTokens
 
+from sequences import one_shot_sequence
+
 
 def _frames(n, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
-
-
-def _sequence(adapter, chunks, question):
-    embeds, positions, pos = [], [], 0
-
-    def text(t):
-        nonlocal pos
-        ids = adapter.tokenize(t)
-        embeds.append(adapter.embed_ids(ids))
-        positions.append(adapter.text_positions(len(ids), pos))
-        pos += len(ids)
-
-    text(adapter.prompt_prefix())
-    for tokens in chunks:
-        layout = adapter.chunk_layout(tokens)
-        text(adapter.chunk_open(layout.t0))
-        embeds.append(tokens.embeds)
-        positions.append(adapter.visual_positions(tokens, layout, pos))
-        pos += layout.extent
-        text(adapter.chunk_close())
-        embeds.append(adapter.chunk_close_embeds())
-        positions.append(adapter.text_positions(1, pos))
-        pos += 1
-    text(adapter.prompt_question(question))
-    return torch.cat(embeds), torch.cat(positions, dim=1)
 
 
 @pytest.fixture
@@ -57,7 +34,7 @@ def test_logits_equal_native_forward(plain):
     with torch.no_grad():
         native = adapter.model(**inputs).logits[0, -1].float()
     tokens = adapter.encode(frames, np.arange(3.0))
-    embeds, positions = _sequence(adapter, [tokens], "What is it?")
+    embeds, positions = one_shot_sequence(adapter, [tokens], "What is it?")
     assert embeds.shape[0] == inputs["input_ids"].shape[1]
     ours = adapter.forward(embeds, positions, DynamicCache())
     torch.testing.assert_close(ours, native, atol=1e-5, rtol=1e-5)
@@ -71,7 +48,7 @@ def test_greedy_generation_equals_model_generate(plain):
         native = adapter.model.generate(**inputs, max_new_tokens=5, min_new_tokens=5, do_sample=False,
                                         eos_token_id=None)
     tokens = adapter.encode(frames, np.arange(2.0))
-    embeds, positions = _sequence(adapter, [tokens], "Say.")
+    embeds, positions = one_shot_sequence(adapter, [tokens], "Say.")
     cache = DynamicCache()
     logits = adapter.forward(embeds, positions, cache)
     ours = list(adapter.generate(logits, int(positions.max()) + 1, cache, max_new_tokens=5, stop_ids=[]))

@@ -5,32 +5,11 @@ import pytest
 import torch
 from transformers import DynamicCache
 
+from sequences import one_shot_sequence
+
 
 def _frames(n, h=32, w=32, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
-
-
-def _adapter_sequence(adapter, chunks, question):
-    """Embeds [L, D] and positions [3, L] of prefix + chunks + question, built by the adapter."""
-    embeds, positions, pos = [], [], 0
-
-    def add_text(text):
-        nonlocal pos
-        ids = adapter.tokenize(text)
-        embeds.append(adapter.embed_ids(ids))
-        positions.append(adapter.text_positions(len(ids), pos))
-        pos += len(ids)
-
-    add_text(adapter.prompt_prefix())
-    for tokens in chunks:
-        layout = adapter.chunk_layout(tokens)
-        add_text(adapter.chunk_open(layout.t0))
-        embeds.append(tokens.embeds)
-        positions.append(adapter.visual_positions(tokens, layout, pos))
-        pos += layout.extent
-        add_text(adapter.chunk_close())
-    add_text(adapter.prompt_question(question))
-    return torch.cat(embeds), torch.cat(positions, dim=1)
 
 
 def _native_inputs(adapter, frames, question, fps):
@@ -60,7 +39,7 @@ def test_single_grid_logits_equal_native_forward(plain_prompt):
     with torch.no_grad():
         native = adapter.model(**inputs).logits[0, -1].float()
     tokens = adapter.encode(frames, times)
-    embeds, positions = _adapter_sequence(adapter, [tokens], "What colour?")
+    embeds, positions = one_shot_sequence(adapter, [tokens], "What colour?")
     assert embeds.shape[0] == inputs["input_ids"].shape[1]
     ours = adapter.forward(embeds, positions, DynamicCache())
     torch.testing.assert_close(ours, native, atol=1e-5, rtol=1e-5)
@@ -76,7 +55,7 @@ def test_multi_grid_logits_equal_native_with_reference_positions(plain_prompt):
     frames, times = _frames(6), np.arange(6, dtype=float)
     inputs = _native_inputs(adapter, frames, "Count?", fps=1.0)
     tokens = adapter.encode(frames, times)
-    embeds, positions = _adapter_sequence(adapter, [tokens], "Count?")
+    embeds, positions = one_shot_sequence(adapter, [tokens], "Count?")
     # The visual positions themselves agree with HF's own get_rope_index.
     native_pos, _ = adapter.model.model.get_rope_index(
         inputs["input_ids"], inputs["mm_token_type_ids"], video_grid_thw=inputs["video_grid_thw"],
@@ -98,7 +77,7 @@ def test_greedy_generation_equals_model_generate(plain_prompt):
                                         eos_token_id=None)
     native_new = native[0, inputs["input_ids"].shape[1]:].tolist()
     tokens = adapter.encode(frames, times)
-    embeds, positions = _adapter_sequence(adapter, [tokens], "Describe.")
+    embeds, positions = one_shot_sequence(adapter, [tokens], "Describe.")
     cache = DynamicCache()
     logits = adapter.forward(embeds, positions, cache)
     ours = list(adapter.generate(logits, int(positions.max()) + 1, cache, max_new_tokens=6, stop_ids=[]))
@@ -118,7 +97,7 @@ def test_chunked_encoding_and_prefill_equal_one_shot(qwen_adapter):
     torch.testing.assert_close(joined.embeds, whole.embeds, atol=1e-5, rtol=1e-5)
     assert torch.equal(joined.grid, whole.grid) and torch.equal(joined.frame, whole.frame)
 
-    embeds, positions = _adapter_sequence(adapter, parts, "Q?")
+    embeds, positions = one_shot_sequence(adapter, parts, "Q?")
     one = adapter.forward(embeds, positions, DynamicCache())
     cache, cut = DynamicCache(), [0, 7, 40, embeds.shape[0]]
     for a, b in zip(cut, cut[1:]):

@@ -163,8 +163,7 @@ def _num_sms(device) -> int:
     return 4
 
 
-def block_attention_triton(q, k, v, block_table, block_lens, tail_k, tail_v, scale, out=None, lse=None,
-                           splits: int | None = None):
+def block_attention_triton(q, k, v, block_table, block_lens, tail_k, tail_v, scale, splits: int | None = None):
     """``k``/``v`` are tensors (float) or ``QuantizedKV`` of shape ``[NB, Hkv, T, D]``."""
     from vidqa.kernels.quant import QuantizedKV
 
@@ -215,10 +214,4 @@ def block_attention_triton(q, k, v, block_table, block_lens, tail_k, tail_v, sca
         l = torch.logsumexp(part_l, dim=0)
         w = torch.exp(part_l - l[None]).nan_to_num(0.0)
         o = (w[..., None] * part_o).sum(0)
-    if out is not None:
-        out.copy_(o)
-        o = out
-    if lse is not None:
-        lse.copy_(l)
-        l = lse
     return o, l
