@@ -86,3 +86,33 @@ def test_cli_ingest_then_ask_reuses_cache(clip, tmp_path, capsys):
     assert main(["ingest", str(clip), "--json"] + common) == 0
     second = json.loads(capsys.readouterr().out)
     assert not first["from_cache"] and second["from_cache"] and first["memory"] == second["memory"]
+
+
+def test_out_of_gpu_memory_halves_the_chunk_and_goes_on(qa, clip, monkeypatch):
+    import torch
+
+    real = qa.adapter.forward
+
+    def tight(embeds, positions, cache, logits_for="last"):
+        if embeds.shape[0] > 60:  # a full 4-frame chunk does not fit, half of one does
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return real(embeds, positions, cache, logits_for)
+
+    monkeypatch.setattr(qa.adapter, "forward", tight)
+    memory = qa.ingest(clip, use_cache=False)
+    assert len(memory.blocks) == 10 and memory.video["frames"] == 20  # every frame, in 2-frame pieces
+    assert [int(f) for b in memory.blocks for f in b.frames] == list(range(0, 20, 2))
+
+
+def test_out_of_gpu_memory_everywhere_is_a_clear_error_and_saves_nothing(qa, clip, monkeypatch):
+    import torch
+
+    from vidqa.errors import ResourceError
+
+    def never(*a, **k):
+        raise torch.cuda.OutOfMemoryError("simulated")
+
+    monkeypatch.setattr(qa.adapter, "encode", never)
+    with pytest.raises(ResourceError, match="max-pixels"):
+        qa.ingest(clip)
+    assert not qa.memory_path(clip).exists()

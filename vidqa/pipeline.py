@@ -12,6 +12,7 @@ depends on the question (retrieval, question-aware reduction, KV compression) ha
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import time
@@ -139,35 +140,47 @@ class VideoQA:
         t_start = time.perf_counter()
         timings = {"decode": 0.0, "encode": 0.0, "reduce": 0.0, "prefill": 0.0}
         ingest = StreamingIngest(adapter, self.config.memory)
-        done = tokens_in = tokens_kept = 0
-        t_mark = time.perf_counter()
-        try:
-            for chunk in iter_chunks(path, fps=vc.fps, num_frames=vc.num_frames, max_frames=vc.max_frames,
-                                     chunk_frames=vc.chunk_frames, max_pixels=vc.max_pixels,
-                                     decoder=vc.decoder, info=info):
-                now = time.perf_counter()
-                timings["decode"] += now - t_mark
-                tokens = adapter.encode(chunk.frames, chunk.times, first_index=int(chunk.indices[0]))
+        counts = {"tokens_in": 0, "tokens_kept": 0}
+
+        def process(frames, times, first_index: int, reducer):
+            """Encode, reduce and prefill one chunk; out of GPU memory, retry it as two halves."""
+            saved = copy.deepcopy(reducer)  # a retry must see the reducer state of before
+            try:
+                t0 = time.perf_counter()
+                tokens = adapter.encode(frames, times, first_index=first_index)
                 layout = adapter.chunk_layout(tokens)
                 t1 = time.perf_counter()
-                timings["encode"] += t1 - now
-                tokens_in += len(tokens)
-                if stream is not None:
-                    tokens = stream(tokens)
-                tokens_kept += len(tokens)
+                kept = reducer(tokens) if reducer is not None else tokens
                 t2 = time.perf_counter()
+                ingest.add_chunk(kept, layout, t_end=float(times[-1]) + step)
+                timings["encode"] += t1 - t0
                 timings["reduce"] += t2 - t1
-                ingest.add_chunk(tokens, layout, t_end=float(chunk.times[-1]) + step)
-                t_mark = time.perf_counter()
-                timings["prefill"] += t_mark - t2
-                done += len(chunk.times)
-                if progress is not None:
-                    progress(done, total, {"tokens_in": tokens_in, "tokens_kept": tokens_kept,
-                                           "elapsed": t_mark - t_start})
-        except torch.cuda.OutOfMemoryError as err:
-            raise ResourceError(
-                "out of GPU memory during ingest; lower --chunk-frames or --max-pixels, or use "
-                "--device cpu") from err
+                timings["prefill"] += time.perf_counter() - t2
+                counts["tokens_in"] += len(tokens)
+                counts["tokens_kept"] += len(kept)
+                return reducer
+            except torch.cuda.OutOfMemoryError as err:
+                torch.cuda.empty_cache()
+                if len(frames) <= 2:
+                    raise ResourceError(
+                        "out of GPU memory even for a 2-frame chunk; lower --max-pixels or use --device cpu"
+                    ) from err
+                half = len(frames) // 2 // 2 * 2 or 2
+                reducer = process(frames[:half], times[:half], first_index, saved)
+                return process(frames[half:], times[half:], first_index + half, reducer)
+
+        done = 0
+        t_mark = time.perf_counter()
+        for chunk in iter_chunks(path, fps=vc.fps, num_frames=vc.num_frames, max_frames=vc.max_frames,
+                                 chunk_frames=vc.chunk_frames, max_pixels=vc.max_pixels,
+                                 decoder=vc.decoder, info=info):
+            timings["decode"] += time.perf_counter() - t_mark
+            stream = process(chunk.frames, chunk.times, int(chunk.indices[0]), stream)
+            t_mark = time.perf_counter()
+            done += len(chunk.times)
+            if progress is not None:
+                progress(done, total, {**counts, "elapsed": t_mark - t_start})
+        tokens_in, tokens_kept = counts["tokens_in"], counts["tokens_kept"]
         if not ingest.blocks:
             raise VideoError(f"{path}: no frames could be decoded")
         timings["total"] = time.perf_counter() - t_start
