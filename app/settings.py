@@ -44,7 +44,8 @@ FLAG_SETTINGS = {
     "decoder": ("video", "decoder"), "reducers": (None, "reducers"),
     "token_budget": ("memory", "token_budget"), "window_chunks": ("memory", "window_chunks"),
     "kv_bits": ("memory", "kv_bits"), "compress_ratio": ("memory", "compress_ratio"),
-    "positions": ("memory", "positions"), "max_new_tokens": (None, "max_new_tokens"),
+    "positions": ("memory", "positions"), "layer_keep": ("memory", "layer_keep"),
+    "max_new_tokens": (None, "max_new_tokens"),
     "cache_dir": (None, "cache_dir"),
 }
 

@@ -1,8 +1,9 @@
 """Moving KV between per-layer tensors and transformers' ``DynamicCache``.
 
 Only ``DynamicCache`` is used, mutated through ``cache.layers[i].keys/values`` (the API that holds
-across transformers 5.x); every layer always has the same length so that the stock SDPA causal
-mask (bottom-right aligned from the cache length) stays correct.
+across transformers 5.x). Layers have the same length unless in-LLM pruning asked otherwise, in
+which case the model must attend through :func:`vidqa.memory.attention.uneven_attention` (the
+stock mask is built from layer 0's length).
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import torch
 from transformers import DynamicCache
 
 
-def cache_from(keys: torch.Tensor, values: torch.Tensor) -> DynamicCache:
-    """A cache holding ``keys``/``values`` ``[L, Hkv, n, Dh]`` (batch of one)."""
+def cache_from(keys, values) -> DynamicCache:
+    """A cache holding ``keys``/``values`` ``[L, Hkv, n, Dh]`` (batch of one); lists of per-layer
+    ``[Hkv, n_l, Dh]`` give layers of different lengths (attend with :mod:`.attention`)."""
     cache = DynamicCache()
-    for layer in range(keys.shape[0]):
+    for layer in range(len(keys)):
         cache.update(keys[layer][None].contiguous(), values[layer][None].contiguous(), layer)
     return cache
 

@@ -8,6 +8,9 @@
    keys of each retrieved block so that the blocks sit next to each other after the sinks
    (InfLLM), which keeps 1-D RoPE models inside their trained range on long videos.
 4. Optionally compress the retrieved visual KV per layer (:mod:`.compress`, LOOK-M).
+5. Optionally prune in the LLM (``layer_keep``, PyramidDrop): deeper layers keep fewer visual
+   entries, those the question's queries attend to most at that layer; layers then differ in
+   length, so the answer is computed under :func:`vidqa.memory.attention.uneven_attention`.
 
 With a budget that covers every block and ``compress_ratio = 1`` the result is exactly the KV
 that a one-shot prefill of the whole sequence would hold (tested).
@@ -40,6 +43,7 @@ class Recall:
     blocks: list[int]
     visual_attended: int
     scores: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    uneven: bool = False  # layers hold different numbers of entries (in-LLM pruning)
 
 
 def question_queries(adapter: VLMAdapter, memory: VideoMemory, question_embeds: torch.Tensor,
@@ -61,7 +65,8 @@ def recall(adapter: VLMAdapter, memory: VideoMemory, question_embeds: torch.Tens
     dev, blocks = adapter.device, memory.blocks
     everything_fits = sum(b.num_visual for b in blocks) <= config.token_budget
     queries, scores = None, torch.zeros(len(blocks))
-    if not everything_fits or config.compress_ratio < 1:
+    schedule = config.layer_schedule()
+    if not everything_fits or config.compress_ratio < 1 or schedule:
         queries = question_queries(adapter, memory, question_embeds, max(1, config.recent_blocks))
         scores = score_blocks(queries, blocks)
     chosen = list(range(len(blocks))) if everything_fits else select_blocks(
@@ -83,12 +88,27 @@ def recall(adapter: VLMAdapter, memory: VideoMemory, question_embeds: torch.Tens
     next_position = position if position is not None else memory.next_position
 
     n_visual = int(visual.sum())
+    layer_keys, layer_values = list(keys), list(values)
+    layer_visual = [visual.to(dev)] * len(layer_keys)  # which entries of each layer are visual
     if config.compress_ratio < 1 and n_visual:
         keep = math.ceil(config.compress_ratio * n_visual)
         window = config.observation_window
-        layers = [compress_layer(keys[l], values[l], visual.to(dev), queries[l][:, -window:], keep)
-                  for l in range(keys.shape[0])]
-        keys = torch.stack([k for k, _, _ in layers])
-        values = torch.stack([v for _, v, _ in layers])
+        for l in range(len(layer_keys)):
+            layer_keys[l], layer_values[l], kept = compress_layer(
+                keys[l], values[l], layer_visual[l], queries[l][:, -window:], keep)
+            layer_visual[l] = layer_visual[l][kept]
         n_visual = keep
-    return Recall(cache_from(keys, values), next_position, chosen, n_visual, scores)
+    uneven = False
+    if schedule and n_visual:
+        # PyramidDrop: deeper layers keep fewer visual entries (dropped, not merged, as in FastV).
+        for l in range(len(layer_keys)):
+            ratio = next((r for start, r in reversed(schedule) if l >= start), 1.0)
+            if ratio < 1:
+                layer_keys[l], layer_values[l], _ = compress_layer(
+                    layer_keys[l], layer_values[l], layer_visual[l],
+                    queries[l][:, -config.observation_window:], math.ceil(ratio * n_visual), merge=False)
+                uneven = True
+    if uneven:
+        return Recall(cache_from(layer_keys, layer_values), next_position, chosen, n_visual, scores, uneven=True)
+    return Recall(cache_from(torch.stack(layer_keys), torch.stack(layer_values)), next_position, chosen,
+                  n_visual, scores)

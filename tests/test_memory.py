@@ -165,3 +165,42 @@ def test_rotating_keys_by_a_delta_equals_prefilling_at_the_shifted_position(requ
         adapter.forward(tokens.embeds, adapter.visual_positions(tokens, layout, start), cache)
         keys.append(torch.stack([layer.keys[0] for layer in cache.layers]))
     torch.testing.assert_close(adapter.rotate_keys(keys[0], 123), keys[1], atol=1e-4, rtol=1e-4)
+
+
+def test_uneven_attention_equals_stock_sdpa_on_uniform_caches(qwen_adapter):
+    from vidqa.memory.attention import uneven_attention
+
+    a = qwen_adapter
+    ids = a.tokenize("a question long enough to be split in two prefills")
+    e, p = a.embed_ids(ids), a.text_positions(len(ids), 0)
+    c1, c2 = DynamicCache(), DynamicCache()
+    a.forward(e[:20], p[:, :20], c1)
+    ref = a.forward(e[20:], p[:, 20:], c1)
+    with uneven_attention(a):
+        a.forward(e[:20], p[:, :20], c2)
+        got = a.forward(e[20:], p[:, 20:], c2)
+    torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-6)
+    assert a.text_config._attn_implementation != "vidqa_sdpa"  # restored after the block
+
+
+def test_pyramid_pruning_keeps_fewer_entries_in_deeper_layers(qwen_adapter):
+    """layer_keep "1:0.25": layer 0 keeps every retrieved visual entry, layer 1 a quarter -- the
+    ones the question attends to most there -- and the answer runs over the uneven cache."""
+    from vidqa.memory.attention import uneven_attention
+
+    a = qwen_adapter
+    chunks = _chunks(a, 3)
+    full_cfg = MemoryConfig(window_chunks=10, recurrent_tokens=0, token_budget=10**6)
+    memory = _ingest(a, chunks, full_cfg)
+    q = a.embed_ids(a.tokenize(a.prompt_question("Where?")))
+    same = recall(a, memory, q, MemoryConfig(**{**full_cfg.__dict__, "layer_keep": "1:1.0"}))
+    assert not same.uneven
+    rec = recall(a, memory, q, MemoryConfig(**{**full_cfg.__dict__, "layer_keep": "1:0.25"}))
+    n_vis = memory.num_visual_tokens
+    lengths = [layer.keys.shape[2] for layer in rec.cache.layers]
+    assert rec.uneven and lengths[0] - lengths[1] == n_vis - -(-n_vis // 4)
+    with uneven_attention(a):
+        logits = a.forward(q, a.text_positions(q.shape[0], rec.next_position), rec.cache)
+    assert torch.isfinite(logits).all()
+    with pytest.raises(Exception):
+        MemoryConfig(layer_keep="8:2")

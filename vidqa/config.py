@@ -67,6 +67,9 @@ class MemoryConfig:
     compress_ratio: float = 1.0
     observation_window: int = 8
     positions: str = "original"
+    # In-LLM pruning (PyramidDrop): "8:0.5,16:0.25" keeps 50% of the retrieved visual entries from
+    # layer 8 on and 25% from layer 16 on, the ones the question attends to most. Empty: off.
+    layer_keep: str = ""
 
     def __post_init__(self):
         _check(self.window_chunks >= 0, "window_chunks must be >= 0")
@@ -80,6 +83,20 @@ class MemoryConfig:
         _check(self.observation_window > 0, "observation_window must be positive")
         _check(self.positions in ("original", "compact"),
                f"positions must be 'original' or 'compact', got {self.positions!r}")
+        self.layer_schedule()
+
+    def layer_schedule(self) -> list[tuple[int, float]]:
+        """``layer_keep`` parsed: ascending (first layer, keep ratio) pairs."""
+        out = []
+        for part in filter(None, (p.strip() for p in self.layer_keep.split(","))):
+            try:
+                layer, ratio = part.split(":")
+                out.append((int(layer), float(ratio)))
+            except ValueError as err:
+                raise ConfigError(f"layer_keep entry {part!r} must be LAYER:RATIO, e.g. 8:0.5") from err
+        _check(all(l >= 0 and 0 < r <= 1 for l, r in out), "layer_keep needs layers >= 0 and ratios in (0, 1]")
+        _check([l for l, _ in out] == sorted({l for l, _ in out}), "layer_keep layers must increase")
+        return out
 
 
 INGEST_MEMORY_FIELDS = ("window_chunks", "recurrent_tokens", "recurrent_capacity", "kv_bits", "group_size")
