@@ -1,18 +1,34 @@
-"""Reducer base class, registry and chains.
+"""Reducer base class, registry, chains and the spec parser.
 
-A reducer is a dataclass whose fields are its hyperparameters (validated in ``__post_init__``);
-``reducer(tokens, context) -> tokens`` returns a subset (or size-weighted merge) of the input
-:class:`~vidqa.tokens.VisualTokens`, in the original order, with metadata kept consistent.
-Question-agnostic reducers run at ingest and must give the same result chunk by chunk as on the
-whole video: ``reducer.stream()`` returns a stateful callable for that. Question-aware reducers
-(``question_aware = True``) run at question time and read ``context`` (question embedding, scores).
+A reducer is a dataclass whose fields are its hyperparameters, validated in ``__post_init__``
+(:class:`~vidqa.errors.ConfigError`). ``reducer(tokens, context) -> tokens`` returns a subset, or a
+size-weighted merge, of the input :class:`~vidqa.tokens.VisualTokens`:
 
-Chains are written ``"temporal:keep_ratio=0.5,tome:keep_ratio=0.5"``.
+* survivors are in the original order and keep the ``frame``/``time``/``grid`` of the input token
+  they come from (a merged token: of its destination), so the adapter can give each survivor the
+  position of its (t, h, w);
+* ``size`` adds up: a merged token carries the sizes of everything folded into it, and its
+  embedding is the size-weighted mean, so ``sum(size * embeds)`` over what merged is unchanged;
+* embeddings keep their dtype and device.
+
+Streaming. Ingest reduces a video chunk by chunk. ``reducer.stream()`` returns a
+:class:`ReducerStream` that carries the reducer's small state (e.g. the last kept token of every grid
+location) from one call to the next; a stream fed the chunks of a video returns the same tokens as
+``reducer(whole_video)`` for every question-agnostic reducer (see each reducer for the exact claim).
+Calling the reducer itself starts from a fresh state each time. Streams deep-copy cleanly, so a
+caller can save one and retry a chunk.
+
+Question-aware reducers (``question_aware = True``) run at question time and read ``context``
+(``question_embeds [Lq, D]``, ``frames``, ``question``, a ``scorer``). ``Chain.split()`` separates the
+two kinds: the agnostic part runs at ingest, the aware part per question.
+
+Chains are written ``"temporal:keep_ratio=0.5,tome:keep_ratio=0.5"`` (``name:key=value:key=value``,
+reducers separated by commas) in configs and on the command line.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import ClassVar
 
 from vidqa.errors import ConfigError
@@ -22,6 +38,8 @@ REDUCERS: dict[str, type["Reducer"]] = {}
 
 
 def register(name: str):
+    """Class decorator: makes a reducer available to :func:`build_reducer` under ``name``."""
+
     def deco(cls):
         cls.name = name
         REDUCERS[name] = cls
@@ -32,22 +50,41 @@ def register(name: str):
 
 @dataclass
 class Reducer:
-    """Base: identity. Subclasses implement ``reduce`` (and ``stream`` when stateful)."""
+    """Base class. Subclasses implement :meth:`reduce` and, when they keep state across chunks,
+    :meth:`initial_state`."""
 
     name: ClassVar[str] = "identity"
     question_aware: ClassVar[bool] = False
 
     def __call__(self, tokens: VisualTokens, context: dict | None = None) -> VisualTokens:
+        return self.stream()(tokens, context)
+
+    def stream(self) -> "ReducerStream":
+        return ReducerStream(self)
+
+    def initial_state(self) -> dict:
+        return {}
+
+    def reduce(self, tokens: VisualTokens, context: dict, state: dict) -> VisualTokens:
+        """Reduces non-empty ``tokens``; ``state`` persists between the calls of one stream."""
+        raise NotImplementedError
+
+
+class ReducerStream:
+    """A reducer plus the state it carries between chunks of one video."""
+
+    def __init__(self, reducer: Reducer):
+        self.reducer = reducer
+        self.state = reducer.initial_state()
+
+    @property
+    def question_aware(self) -> bool:
+        return self.reducer.question_aware
+
+    def __call__(self, tokens: VisualTokens, context: dict | None = None) -> VisualTokens:
         if len(tokens) == 0:
             return tokens
-        return self.reduce(tokens, context or {})
-
-    def reduce(self, tokens: VisualTokens, context: dict) -> VisualTokens:
-        return tokens
-
-    def stream(self):
-        """A callable applying the reducer chunk by chunk; stateless reducers are their own stream."""
-        return self
+        return self.reducer.reduce(tokens, context or {}, self.state)
 
 
 def check_ratio(value: float, name: str = "keep_ratio") -> None:
@@ -56,9 +93,9 @@ def check_ratio(value: float, name: str = "keep_ratio") -> None:
 
 
 class Chain:
-    """Reducers applied in order (temporal -> spatial -> budget)."""
+    """Reducers (or their streams) applied in order: temporal -> spatial -> budget."""
 
-    def __init__(self, reducers: list[Reducer]):
+    def __init__(self, reducers: list):
         self.reducers = list(reducers)
 
     def __call__(self, tokens: VisualTokens, context: dict | None = None) -> VisualTokens:
@@ -70,35 +107,57 @@ class Chain:
         return len(self.reducers)
 
     def split(self) -> tuple["Chain | None", "Chain | None"]:
-        """(question-agnostic part, question-aware part); ``None`` where empty."""
+        """(question-agnostic part, question-aware part), each in chain order; ``None`` where empty."""
         agnostic = [r for r in self.reducers if not r.question_aware]
         aware = [r for r in self.reducers if r.question_aware]
         return (Chain(agnostic) if agnostic else None, Chain(aware) if aware else None)
 
     def stream(self) -> "Chain":
+        """A chain of fresh streams (one state per reducer) for one video."""
         return Chain([r.stream() for r in self.reducers])
 
 
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def _convert(reducer: str, key: str, value, default):
+    """Spec strings carry text; the field's default says which type it wants."""
+    kind = type(default)
+    if default is None or type(value) is kind:
+        return value
+    try:
+        if kind is bool:
+            text = str(value).strip().lower()
+            if text not in _TRUE | _FALSE:
+                raise ValueError(value)
+            return text in _TRUE
+        if kind is int:
+            number = float(value)
+            if number != int(number):
+                raise ValueError(value)
+            return int(number)
+        return kind(value)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"reducer {reducer!r}: {key}={value!r} is not a valid {kind.__name__}") from err
+
+
 def build_reducer(name: str, **params) -> Reducer:
+    """The reducer registered as ``name`` with ``params`` (strings are converted to the field types)."""
     if name not in REDUCERS:
         raise ConfigError(f"unknown reducer {name!r}; valid: {', '.join(sorted(REDUCERS))}")
     cls = REDUCERS[name]
     known = {f.name: f for f in fields(cls)}
-    unknown = set(params) - set(known)
+    unknown = sorted(set(params) - set(known))
     if unknown:
-        raise ConfigError(f"reducer {name!r} has no parameter(s) {sorted(unknown)}; valid: {sorted(known)}")
-    typed = {}
-    for key, value in params.items():
-        kind = type(known[key].default) if known[key].default is not None else str
-        try:
-            typed[key] = kind(value) if not isinstance(value, kind) else value
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"reducer {name!r}: {key}={value!r} is not a valid {kind.__name__}") from err
+        raise ConfigError(f"reducer {name!r} has no parameter(s) {', '.join(unknown)}; "
+                          f"valid: {', '.join(sorted(known))}")
+    typed = {k: _convert(name, k, v, known[k].default if known[k].default is not MISSING else None)
+             for k, v in params.items()}
     return cls(**typed)
 
 
 def build_chain(spec: str) -> Chain:
-    """Parses ``"name:k=v:k=v,name2"`` into a :class:`Chain`."""
+    """Parses ``"name:k=v:k=v,name2"`` into a :class:`Chain` (an empty spec is an empty chain)."""
     reducers = []
     for part in filter(None, (p.strip() for p in (spec or "").split(","))):
         name, *kvs = part.split(":")

@@ -1,15 +1,37 @@
-"""Temporal redundancy pruning (DyCoke, Tao et al. CVPR 2025; FastVID, Shen et al. 2025; FrameFusion,
-Fu et al. 2024).
+"""Temporal redundancy reduction (DyCoke, Tao et al. CVPR 2025; FastVID, Shen et al. 2025; FrameFusion,
+Fu et al. 2024): a token that nearly repeats what the model already saw at the same place adds little.
 
-A token that nearly repeats the co-located token (same ``h, w``) of the last frame where that
-location was kept (or, if it never was, of the previous frame) carries little new information. For each temporal grid, every token's cosine
-similarity to its location's reference is computed; ``threshold`` mode drops tokens above the
-threshold, ``keep_ratio`` mode keeps exactly ``ceil(keep_ratio * n)`` tokens of the grid, the least
-similar first (locations never kept before count as fully new). Kept tokens become the new
-references. Decisions depend only on earlier grids, so chunk-by-chunk equals whole-video.
+Every grid location ``(h, w)`` remembers its *reference*: the last token kept there. For each
+temporal grid, in time order, every token's cosine similarity to its location's reference is its
+redundancy. A location never kept so far is compared with its token of the previous grid instead
+(what was not worth keeping then is not news now unless it changed), and a location seen for the
+first time is new and goes first -- among new ones the least typical of the grid (lowest cosine to
+the grid's mean token) first. Then
 
-Grids whose mean similarity falls below ``1 - cut_threshold`` start a new *segment* (a scene cut);
-their indices are recorded in ``extra["segment_starts"]``.
+* ``threshold`` mode (``threshold > 0``) keeps the tokens with similarity ``<= threshold``;
+* ``keep_ratio`` mode keeps exactly the quota of :class:`~vidqa.tokenreduce.counts.Quota`
+  (``round(keep_ratio * tokens seen so far)`` after every grid), least similar first;
+
+and in both every grid keeps at least ``min_per_grid`` tokens (its least redundant), so each sampled
+moment stays visible to the model and no chunk comes out empty. Kept tokens become their location's
+new reference. ``merge=True`` folds each dropped token into its location's reference token
+(size-weighted mean, sizes added, as FrameFusion merges) instead of discarding it.
+
+Segments (FastVID's dynamic temporal segmentation): a grid's *change score* is
+``1 - mean cos(token, same location in the previous grid)``; a score above ``cut_threshold`` starts a
+new segment, as does the first grid of a video. ``extra["segment_starts"]`` lists the grid ``t`` of
+the segment starts inside the call, ``extra["change"]`` the score of every grid of the call (NaN
+without a previous grid), and the stream's state ``segment_starts`` all of them so far.
+
+Streaming: decisions depend only on earlier grids, kept in a small state (one reference and one
+previous token per location, the quota's two counts), so a stream fed a video chunk by chunk keeps
+exactly the tokens, metadata and segments of one call on the whole video. With ``merge=True`` the
+survivors are the same too, but a dropped token whose reference was handed on in an earlier call is
+discarded instead of merged (the model has already consumed that token), so embeddings and sizes of
+runs crossing a chunk boundary differ; within a call ``sum(size * embeds)`` is preserved over every
+dropped token whose reference is in the call.
+
+Shapes: state ``reference``/``previous`` ``[H*W, D]`` float32 (unit vectors) on the embeddings' device.
 """
 
 from __future__ import annotations
@@ -21,6 +43,7 @@ import torch
 
 from vidqa.errors import ConfigError
 from vidqa.tokenreduce.base import Reducer, check_ratio, register
+from vidqa.tokenreduce.counts import Quota
 from vidqa.tokens import VisualTokens
 
 
@@ -28,53 +51,94 @@ from vidqa.tokens import VisualTokens
 @dataclass
 class TemporalReducer(Reducer):
     keep_ratio: float = 1.0
-    threshold: float = 0.0  # > 0: threshold mode (drop tokens more similar than this)
+    threshold: float = 0.0
+    merge: bool = False
+    min_per_grid: int = 1
     cut_threshold: float = 0.5
 
     def __post_init__(self):
         check_ratio(self.keep_ratio)
         if not 0 <= self.threshold <= 1:
-            raise ConfigError(f"threshold must be in [0, 1], got {self.threshold}")
+            raise ConfigError(f"temporal threshold must be in [0, 1] (0: keep_ratio mode), got {self.threshold}")
+        if self.threshold > 0 and self.keep_ratio < 1:
+            raise ConfigError("temporal: give either threshold or keep_ratio, not both")
+        if self.min_per_grid < 0:
+            raise ConfigError(f"temporal min_per_grid must be >= 0, got {self.min_per_grid}")
+        if not 0 < self.cut_threshold <= 2:
+            raise ConfigError(f"temporal cut_threshold must be in (0, 2], got {self.cut_threshold}")
 
-    def reduce(self, tokens: VisualTokens, context: dict) -> VisualTokens:
-        return self.stream()(tokens, context)
+    def initial_state(self) -> dict:
+        return {"quota": Quota(self.keep_ratio, self.min_per_grid), "segment_starts": []}
 
-    def stream(self) -> "_TemporalStream":
-        return _TemporalStream(self)
+    def _location_state(self, state: dict, tokens: VisualTokens) -> None:
+        h, w = tokens.grid_hw
+        if h * w <= 0:
+            raise ValueError("temporal reduction needs tokens.grid_hw (the grid shape) to be set")
+        if "reference" not in state:
+            dev, d = tokens.embeds.device, tokens.dim
+            state.update(reference=torch.zeros(h * w, d, device=dev), has_reference=torch.zeros(h * w, dtype=torch.bool, device=dev),
+                         previous=torch.zeros(h * w, d, device=dev), has_previous=torch.zeros(h * w, dtype=torch.bool, device=dev))
 
-
-class _TemporalStream:
-    def __init__(self, cfg: TemporalReducer):
-        self.cfg = cfg
-        self.reference: dict[tuple[int, int], torch.Tensor] = {}  # last kept token per location
-        self.previous: dict[tuple[int, int], torch.Tensor] = {}  # last seen token per location
-
-    def __call__(self, tokens: VisualTokens, context: dict | None = None) -> VisualTokens:
-        if len(tokens) == 0:
-            return tokens
-        keep = torch.zeros(len(tokens), dtype=torch.bool)
-        cuts = []
+    def reduce(self, tokens: VisualTokens, context: dict, state: dict) -> VisualTokens:
+        self._location_state(state, tokens)
+        dev = tokens.embeds.device
+        ref, has_ref = state["reference"], state["has_reference"]
+        prev, has_prev = state["previous"], state["has_previous"]
+        width = tokens.grid_hw[1]
+        location = (tokens.grid[:, 1] * width + tokens.grid[:, 2]).to(dev)
         normed = torch.nn.functional.normalize(tokens.embeds.float(), dim=-1)
-        for idx in tokens.frame_groups():
-            hw = [(int(h), int(w)) for h, w in tokens.grid[idx, 1:].tolist()]
-            sim = torch.full((idx.numel(),), -2.0)
-            for j, key in enumerate(hw):
-                ref = self.reference.get(key, self.previous.get(key))
-                if ref is not None:
-                    sim[j] = torch.dot(normed[idx[j]], ref)
-            known = sim > -2
-            if known.any() and 1 - float(sim[known].mean()) > self.cfg.cut_threshold:
-                cuts.append(int(tokens.grid[idx[0], 0]))
-            if self.cfg.threshold > 0:
-                chosen = (sim <= self.cfg.threshold).nonzero().flatten()
+        keep = torch.zeros(len(tokens), dtype=torch.bool, device=dev)
+        # index (in this call) of the kept token each location's reference came from; -1: earlier call
+        owner = torch.full((ref.shape[0],), -1, dtype=torch.long, device=dev)
+        merge_src, merge_dst, starts, changes = [], [], [], []
+        for group in tokens.frame_groups():
+            idx = group.to(dev)
+            loc, x = location[idx], normed[idx]
+            t = int(tokens.grid[group[0], 0])
+            seen = has_prev[loc]
+            change = 1 - float((x[seen] * prev[loc[seen]]).sum(-1).mean()) if bool(seen.any()) else math.nan
+            changes.append(change)
+            if not state["segment_starts"] or change > self.cut_threshold:
+                starts.append(t)
+                state["segment_starts"].append(t)
+            known = has_ref[loc]
+            typical = x @ torch.nn.functional.normalize(x.mean(0), dim=0)
+            redundancy = torch.where(known, (x * ref[loc]).sum(-1),
+                                     torch.where(seen, (x * prev[loc]).sum(-1), typical - 3))
+            order = torch.argsort(redundancy, stable=True)
+            if self.threshold > 0:
+                k = max(int((redundancy <= self.threshold).sum()), min(self.min_per_grid, idx.numel()))
             else:
-                k = math.ceil(self.cfg.keep_ratio * idx.numel())
-                chosen = torch.argsort(sim, stable=True)[:k]
+                k = state["quota"].take(idx.numel())
+            chosen, dropped = order[:k], order[k:]
             keep[idx[chosen]] = True
-            for j in chosen.tolist():
-                self.reference[hw[j]] = normed[idx[j]]
-            for j, key in enumerate(hw):
-                self.previous[key] = normed[idx[j]]
-        out = tokens.select(keep)
-        out.extra["segment_starts"] = list(tokens.extra.get("segment_starts", [])) + cuts
+            if self.merge and dropped.numel():
+                dst = owner[loc[dropped]]
+                has_dst = known[dropped] & (dst >= 0)
+                merge_src.append(idx[dropped][has_dst])
+                merge_dst.append(dst[has_dst])
+            ref[loc[chosen]] = x[chosen]
+            has_ref[loc[chosen]] = True
+            owner[loc[chosen]] = idx[chosen]
+            prev[loc] = x
+            has_prev[loc] = True
+        out = tokens if not merge_src else _fold(tokens, torch.cat(merge_src), torch.cat(merge_dst))
+        out = out.select(keep.cpu())
+        out.extra["segment_starts"] = starts
+        out.extra["change"] = changes
         return out
+
+
+def _fold(tokens: VisualTokens, src: torch.Tensor, dst: torch.Tensor) -> VisualTokens:
+    """Folds tokens ``src`` into ``dst`` (size-weighted mean, sizes added); other rows stay bit-exact."""
+    if src.numel() == 0:
+        return tokens
+    size = tokens.size.to(tokens.embeds.device).float()
+    mass = tokens.embeds.float() * size[:, None]
+    total = size.clone()
+    mass.index_add_(0, dst, mass[src])
+    total.index_add_(0, dst, size[src])
+    touched = torch.zeros(len(tokens), dtype=torch.bool, device=mass.device)
+    touched[dst] = True
+    embeds = torch.where(touched[:, None], (mass / total[:, None]).to(tokens.embeds.dtype), tokens.embeds)
+    return tokens.replace(embeds=embeds, size=total.to(tokens.size.device, tokens.size.dtype))

@@ -1,20 +1,29 @@
-"""Spatial token merging within each temporal grid (ToMe, Bolya et al. ICLR 2023), merging
-before the LLM as in AIM (Zhong et al. 2024, "a 7-fold reduction in FLOPs").
+"""Token merging within each temporal grid (ToMe, Bolya et al. ICLR 2023), before the LLM as in AIM
+(Zhong et al. 2024, "a 7-fold reduction in FLOPs").
 
-Each grid keeps exactly ``ceil(keep_ratio * n)`` tokens: bipartite soft matching
-(:func:`vidqa.tokenreduce.merge.bipartite_merge`) is applied repeatedly until the target is met.
-A merged token keeps its destination's metadata and carries the summed ``size``, so that
-``sum(size * embedding)`` over the grid is unchanged. Per-grid, hence chunk-by-chunk equals whole.
+Tokens are merged in groups: one temporal grid (``window=1``) or ``window`` consecutive grids (grid
+``t`` belongs to group ``t // window``, so a static background also merges across time). Each group
+keeps its share of the running quota (:class:`~vidqa.tokenreduce.counts.Quota`: floor or ceil of
+``keep_ratio * n``, at least one token, the whole video exactly ``round(keep_ratio * N)`` whenever
+``keep_ratio * n >= 1``) by rounds of bipartite soft matching
+(:func:`~vidqa.tokenreduce.merge.bipartite_merge`) until the quota is met. A merged token keeps its
+destination's frame/time/grid and carries the summed ``size``, so ``sum(size * embeds)`` of a group is
+unchanged and attention can be re-weighted by size (proportional attention).
+
+Streaming: the only state is the quota's two counts, so chunk-by-chunk equals whole whenever chunks
+hold whole groups (always for ``window=1``; for ``window > 1`` when chunk boundaries fall on multiples
+of ``window`` grids -- a group split by a chunk boundary is merged as two groups).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
+from vidqa.errors import ConfigError
 from vidqa.tokenreduce.base import Reducer, check_ratio, register
+from vidqa.tokenreduce.counts import Quota
 from vidqa.tokenreduce.merge import bipartite_merge
 from vidqa.tokens import VisualTokens
 
@@ -23,25 +32,34 @@ from vidqa.tokens import VisualTokens
 @dataclass
 class ToMeReducer(Reducer):
     keep_ratio: float = 0.5
+    window: int = 1
 
     def __post_init__(self):
         check_ratio(self.keep_ratio)
+        if self.window < 1:
+            raise ConfigError(f"tome window must be >= 1 grids, got {self.window}")
 
-    def reduce(self, tokens: VisualTokens, context: dict) -> VisualTokens:
-        if self.keep_ratio >= 1:
-            return tokens
-        keep_index, embeds, sizes = [], [], []
-        for idx in tokens.frame_groups():
-            target = math.ceil(self.keep_ratio * idx.numel())
-            local = torch.arange(idx.numel())
-            x, size = tokens.embeds[idx], tokens.size[idx]
+    def initial_state(self) -> dict:
+        return {"quota": Quota(self.keep_ratio, minimum=1)}
+
+    def reduce(self, tokens: VisualTokens, context: dict, state: dict) -> VisualTokens:
+        dev = tokens.embeds.device
+        window = tokens.grid[:, 0] // self.window
+        kept_index, embeds, sizes = [], [], []
+        for w in torch.unique(window):
+            group = (window == w).nonzero().flatten().to(dev)
+            target = state["quota"].take(group.numel())
+            local = torch.arange(group.numel(), device=dev)
+            x, size = tokens.embeds[group], tokens.size[group.to(tokens.size.device)]
             while x.shape[0] > target:
                 kept, x, size = bipartite_merge(x, size, x.shape[0] - target)
                 local = local[kept]
-            keep_index.append(idx[local])
+            kept_index.append(group[local])
             embeds.append(x)
             sizes.append(size)
-        index = torch.cat(keep_index)
-        out = tokens.select(index)  # metadata of the destinations, original order (sorted)
-        order = torch.argsort(index)
-        return out.replace(embeds=torch.cat(embeds)[order], size=torch.cat(sizes)[order])
+        index = torch.cat(kept_index)
+        if index.numel() == len(tokens):
+            return tokens
+        out = tokens.select(index.cpu())  # metadata of the destinations, original order
+        order = torch.argsort(index)  # groups are contiguous in time, but sort to be sure
+        return out.replace(embeds=torch.cat(embeds)[order], size=torch.cat(sizes)[order.to(tokens.size.device)])
