@@ -105,16 +105,16 @@ def test_quota_is_the_same_for_any_split():
 def test_allocate_meets_the_total_and_never_overfills(groups, total):
     weights = torch.tensor([w for w, _ in groups])
     capacity = torch.tensor([c for _, c in groups])
-    budget = allocate(weights, capacity, total)
+    budget = allocate(weights.log(), capacity, total)
     assert int(budget.sum()) == min(total, int(capacity.sum()))
     assert (budget >= 0).all() and (budget <= capacity).all()
 
 
 def test_allocate_is_proportional_with_largest_remainders():
     # shares 4.5, 3.0, 1.5 of 9 -> remainders .5, 0, .5: the earlier of the tied groups gets the extra
-    assert allocate(torch.tensor([3.0, 2.0, 1.0]), torch.tensor([10, 10, 10]), 9).tolist() == [5, 3, 1]
+    assert allocate(torch.tensor([3.0, 2.0, 1.0]).log(), torch.tensor([10, 10, 10]), 9).tolist() == [5, 3, 1]
     # a group that cannot hold its share hands the rest on, in proportion
-    assert allocate(torch.tensor([8.0, 1.0, 1.0]), torch.tensor([2, 20, 20]), 12).tolist() == [2, 5, 5]
+    assert allocate(torch.tensor([8.0, 1.0, 1.0]).log(), torch.tensor([2, 20, 20]), 12).tolist() == [2, 5, 5]
 
 
 def test_chain_spec_parsing_split_and_errors():

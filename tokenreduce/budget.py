@@ -72,7 +72,7 @@ class BudgetReducer(Reducer):
         starts = context.get("segment_starts", tokens.extra.get("segment_starts")) or []
         t = tokens.grid[:, 0]
         bounds = torch.tensor(sorted(set(int(s) for s in starts)), dtype=t.dtype, device=t.device)
-        segment = torch.searchsorted(bounds, t, right=True)
+        segment = torch.searchsorted(bounds, t.contiguous(), right=True)
         return [(segment == s).nonzero().flatten() for s in torch.unique(segment)]
 
     def reduce(self, tokens: VisualTokens, context: dict, state: dict) -> VisualTokens:
@@ -81,8 +81,7 @@ class BudgetReducer(Reducer):
             return tokens
         groups = self.groups(tokens, context)
         scores = self.frame_scorer(context).scores(tokens, groups, context).float().cpu()
-        budgets = allocate(torch.softmax(scores / self.temperature, dim=0),
-                           torch.tensor([g.numel() for g in groups]), total)
+        budgets = allocate(scores / self.temperature, torch.tensor([g.numel() for g in groups]), total)
         q = question_vector(context, tokens.embeds.device) if self.rank == "question" else None
         keep = []
         for g, b in zip(groups, budgets.tolist()):

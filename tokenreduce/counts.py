@@ -7,7 +7,7 @@
   keep its ``minimum``). Each grid gets ``floor`` or ``ceil`` of ``keep_ratio * n``, the whole video
   gets exactly ``round_half_up(keep_ratio * N)``, and because the state is two integers the same
   numbers come out whether the video is reduced whole or chunk by chunk.
-* :func:`allocate` -- shares a total budget between groups in proportion to weights with
+* :func:`allocate` -- shares a total budget between groups in proportion to ``exp(logits)`` with
   largest-remainder rounding, never giving a group more than it holds (what it cannot take is
   handed on to the others), so the total is met exactly (the QuoTA assignment step, Luo et al. 2025).
 """
@@ -42,24 +42,25 @@ class Quota:
         return k
 
 
-def allocate(weights: torch.Tensor, capacity: torch.Tensor, total: int) -> torch.Tensor:
-    """Integer budgets ``[G]`` (int64) proportional to ``weights [G]`` (>= 0), each at most
-    ``capacity [G]``, summing to exactly ``min(total, capacity.sum())``.
+def allocate(logits: torch.Tensor, capacity: torch.Tensor, total: int) -> torch.Tensor:
+    """Integer budgets ``[G]`` (int64) proportional to ``exp(logits [G])`` (``-inf``: weight 0), each at
+    most ``capacity [G]``, summing to exactly ``min(total, capacity.sum())``.
 
-    Water-filling: the budget still to give is shared among the groups that are not full, floors
-    first and the largest remainders (earlier group on ties) get the rounding; groups that would
-    overflow are capped and the rest is shared again. Each round fills at least one group or
-    finishes, so there are at most ``G`` rounds. All-zero weights share evenly.
+    Water-filling: the budget still to give is shared among the groups that are not full, in
+    proportion to the softmax of their logits (taken over those groups only, so a sharp softmax that
+    underflows for all but the full groups still ranks the others), floors first and the largest
+    remainders (earlier group on ties) get the rounding; groups that would overflow are capped and the
+    rest is shared again. Each round fills at least one group or finishes, so there are at most ``G``
+    rounds. Open groups whose weights are all zero share evenly.
     """
-    weights = weights.detach().double().cpu().clamp_min(0)
+    logits = logits.detach().double().cpu()
     capacity = capacity.detach().long().cpu()
     total = min(int(total), int(capacity.sum()))
     budget = torch.zeros_like(capacity)
     while (left := total - int(budget.sum())) > 0:
         open_ = budget < capacity
-        w = torch.where(open_, weights, torch.zeros_like(weights))
-        if float(w.sum()) <= 0:
-            w = open_.double()
+        masked = torch.where(open_, logits, torch.full_like(logits, -math.inf))
+        w = torch.softmax(masked, 0) if bool(torch.isfinite(masked).any()) else open_.double()
         share = w / w.sum() * left
         add = torch.floor(share).long()
         short = left - int(add.sum())

@@ -1,9 +1,10 @@
 """Bipartite soft matching and size-weighted merging (ToMe, Bolya et al., ICLR 2023).
 
 Pure tensor math, kept apart from the reducer class as ToMe keeps ``merge.py`` apart from its model
-patches. Tokens ``x [N, D]`` are split alternately into A (even positions) and B (odd); every A token
-finds its most similar B token (cosine); the ``r`` A tokens with the best matches fold into their B
-partners by a size-weighted average, so ``sum(size * x)`` and ``sum(size)`` are preserved.
+patches. Tokens ``x [N, D]`` are split into sets A and B (alternately by default: even positions are
+A); every A token finds its most similar B token (cosine); the ``r`` A tokens with the best matches
+fold into their B partners by a size-weighted average, so ``sum(size * x)`` and ``sum(size)`` are
+preserved.
 """
 
 from __future__ import annotations
@@ -32,17 +33,21 @@ def best_match(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return sim.max(dim=-1)
 
 
-def bipartite_merge(x: torch.Tensor, size: torch.Tensor, r: int):
-    """Merges ``min(r, N // 2)`` tokens of ``x [N, D]`` (sizes ``[N]``) into others.
+def bipartite_merge(x: torch.Tensor, size: torch.Tensor, r: int, a_mask: torch.Tensor | None = None):
+    """Merges ``min(r, |A|)`` tokens of ``x [N, D]`` (sizes ``[N]``) into others.
+
+    ``a_mask`` (bool ``[N]``) says which tokens form A, the ones that may fold (default: even positions).
 
     Returns ``(kept [N - r] int64, merged_x [N - r, D], merged_size [N - r])``: ``kept`` holds the
     survivors' indices into ``x`` in increasing order; ``merged_x`` their size-weighted means with what
     folded into them (rows nothing folded into are returned unchanged), in ``x``'s dtype.
     """
     n = x.shape[0]
-    a_idx = torch.arange(0, n, 2, device=x.device)
-    b_idx = torch.arange(1, n, 2, device=x.device)
-    r = min(int(r), b_idx.numel())
+    if a_mask is None:
+        a_mask = torch.arange(n, device=x.device) % 2 == 0
+    a_mask = a_mask.to(x.device)
+    a_idx, b_idx = a_mask.nonzero().flatten(), (~a_mask).nonzero().flatten()
+    r = min(int(r), a_idx.numel()) if b_idx.numel() else 0
     if r <= 0:
         return torch.arange(n, device=x.device), x, size
     scores, match = best_match(x[a_idx], x[b_idx])

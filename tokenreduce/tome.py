@@ -2,7 +2,10 @@
 (Zhong et al. 2024, "a 7-fold reduction in FLOPs").
 
 Tokens are merged in groups: one temporal grid (``window=1``) or ``window`` consecutive grids (grid
-``t`` belongs to group ``t // window``, so a static background also merges across time). Each group
+``t`` belongs to group ``t // window``, so a static background also merges across time). Set A of the
+matching is a checkerboard in space and time (a token's rank among its grid's remaining tokens plus
+``t``, even), so each token's spatial neighbours and its twin in the next grid are in the other set;
+for one grid this is ToMe's alternating split. Each group
 keeps its share of the running quota (:class:`~vidqa.tokenreduce.counts.Quota`: floor or ceil of
 ``keep_ratio * n``, at least one token, the whole video exactly ``round(keep_ratio * N)`` whenever
 ``keep_ratio * n >= 1``) by rounds of bipartite soft matching
@@ -51,8 +54,9 @@ class ToMeReducer(Reducer):
             target = state["quota"].take(group.numel())
             local = torch.arange(group.numel(), device=dev)
             x, size = tokens.embeds[group], tokens.size[group.to(tokens.size.device)]
+            t = tokens.grid[group.to(tokens.grid.device), 0].to(dev)
             while x.shape[0] > target:
-                kept, x, size = bipartite_merge(x, size, x.shape[0] - target)
+                kept, x, size = bipartite_merge(x, size, x.shape[0] - target, _checkerboard(t[local]))
                 local = local[kept]
             kept_index.append(group[local])
             embeds.append(x)
@@ -63,3 +67,10 @@ class ToMeReducer(Reducer):
         out = tokens.select(index.cpu())  # metadata of the destinations, original order
         order = torch.argsort(index)  # groups are contiguous in time, but sort to be sure
         return out.replace(embeds=torch.cat(embeds)[order], size=torch.cat(sizes)[order.to(tokens.size.device)])
+
+
+def _checkerboard(t: torch.Tensor) -> torch.Tensor:
+    """Set A for tokens of grids ``t [n]`` (sorted): rank within the grid plus ``t`` is even."""
+    start = torch.searchsorted(t, t)  # index of the grid's first token
+    rank = torch.arange(t.numel(), device=t.device) - start
+    return (rank + t) % 2 == 0
