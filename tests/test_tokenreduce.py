@@ -7,19 +7,12 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tokenreduce_data import assert_same_tokens, chunks, make_tokens, source_rows
+from tokenreduce_data import REDUCING, assert_same_tokens, chunks, make_tokens, source_rows
 
 from vidqa.errors import ConfigError
 from vidqa.tokenreduce import DEFAULT_CHAIN, REDUCERS, build_chain, build_reducer
 from vidqa.tokenreduce.counts import Quota, allocate, round_half_up
 
-# Parameters that reduce, per registered reducer; a reducer added without an entry fails below.
-REDUCING = {
-    "temporal": {"keep_ratio": 0.4},
-    "tome": {"keep_ratio": 0.4},
-    "pool": {"keep_ratio": 0.5},
-    "budget": {"keep_ratio": 0.4},
-}
 AGNOSTIC = sorted(n for n, c in REDUCERS.items() if not c.question_aware)
 
 
@@ -142,3 +135,15 @@ def test_chain_applies_in_order_and_streams_each_member():
     assert_same_tokens(build_chain(spec)(tokens), by_hand)
     stream = build_chain(spec).stream()
     assert_same_tokens(type(tokens).cat([stream(c) for c in chunks(tokens, 2)]), by_hand)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(REDUCERS))
+def test_on_the_gpu_the_same_tokens_survive(name):
+    tokens = make_tokens(grids=8, h=16, w=16, dim=256, seed=9, noise=0.5)
+    cpu = build_reducer(name, **REDUCING[name])(tokens, context_for(tokens))
+    gpu_in = tokens.to("cuda")
+    gpu = build_reducer(name, **REDUCING[name])(gpu_in, context_for(gpu_in))
+    assert gpu.embeds.is_cuda
+    assert torch.equal(gpu.grid.cpu(), cpu.grid) and torch.equal(gpu.size.cpu(), cpu.size)
+    torch.testing.assert_close(gpu.embeds.cpu(), cpu.embeds, rtol=1e-4, atol=1e-4)

@@ -15,6 +15,14 @@ import torch
 
 from vidqa.tokens import VisualTokens
 
+# Parameters that reduce, per registered reducer (the matrix tests check every name has an entry).
+REDUCING = {
+    "temporal": {"keep_ratio": 0.4},
+    "tome": {"keep_ratio": 0.4},
+    "pool": {"keep_ratio": 0.5},
+    "budget": {"keep_ratio": 0.4},
+}
+
 
 def tokens_from(embeds: torch.Tensor, grids: int, h: int, w: int, first_grid: int = 0) -> VisualTokens:
     t, r, c = torch.meshgrid(torch.arange(grids) + first_grid, torch.arange(h), torch.arange(w), indexing="ij")
