@@ -115,3 +115,13 @@ def test_state_deep_copies_for_a_retry():
     saved = copy.deepcopy(stream)
     first = stream(parts[1])
     assert_same_tokens(saved(parts[1]), first)
+
+
+def test_a_cut_inside_a_grid_starts_one_segment():
+    a, b = make_tokens(grids=5, seed=11), make_tokens(grids=5, seed=12)
+    mixed = (a.embeds[:16] + b.embeds[:16]) / 2  # the grid's two frames straddle the cut
+    tokens = tokens_from(torch.cat([a.embeds, mixed, b.embeds]), 11, 4, 4)
+    out = TemporalReducer(keep_ratio=0.5)(tokens)
+    assert out.extra["change"][5] > 0.1 and out.extra["change"][6] > 0.1
+    assert out.extra["segment_starts"] == [0, 5]
+    assert TemporalReducer(keep_ratio=0.5, min_segment=1)(tokens).extra["segment_starts"] == [0, 5, 6]

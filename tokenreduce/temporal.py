@@ -17,11 +17,13 @@ moment stays visible to the model and no chunk comes out empty. Kept tokens beco
 new reference. ``merge=True`` folds each dropped token into its location's reference token
 (size-weighted mean, sizes added, as FrameFusion merges) instead of discarding it.
 
-Segments (FastVID's dynamic temporal segmentation): a grid's *change score* is
-``1 - mean cos(token, same location in the previous grid)``; a score above ``cut_threshold`` starts a
-new segment, as does the first grid of a video. ``extra["segment_starts"]`` lists the grid ``t`` of
-the segment starts inside the call, ``extra["change"]`` the score of every grid of the call (NaN
-without a previous grid), and the stream's state ``segment_starts`` all of them so far.
+Segments (the dynamic temporal segmentation of FastVID, which cuts where adjacent frames' global
+features stop resembling each other): a grid's *change score* is ``1 - cos(mean token, previous
+grid's mean token)``; a score above ``cut_threshold`` starts a new segment, unless the last start is
+fewer than ``min_segment`` grids back (a cut inside a 2-frame grid makes the next grid differ from
+the mixed one too), and the first grid of a video starts one. ``extra["segment_starts"]`` lists the
+grid ``t`` of the starts inside the call, ``extra["change"]`` the score of every grid of the call
+(NaN for the first grid of the video), and the stream's state ``segment_starts`` all of them so far.
 
 Streaming: decisions depend only on earlier grids, kept in a small state (one reference and one
 previous token per location, the quota's two counts), so a stream fed a video chunk by chunk keeps
@@ -54,7 +56,8 @@ class TemporalReducer(Reducer):
     threshold: float = 0.0
     merge: bool = False
     min_per_grid: int = 1
-    cut_threshold: float = 0.5
+    cut_threshold: float = 0.1
+    min_segment: int = 2
 
     def __post_init__(self):
         check_ratio(self.keep_ratio)
@@ -66,6 +69,8 @@ class TemporalReducer(Reducer):
             raise ConfigError(f"temporal min_per_grid must be >= 0, got {self.min_per_grid}")
         if not 0 < self.cut_threshold <= 2:
             raise ConfigError(f"temporal cut_threshold must be in (0, 2], got {self.cut_threshold}")
+        if self.min_segment < 1:
+            raise ConfigError(f"temporal min_segment must be >= 1 grids, got {self.min_segment}")
 
     def initial_state(self) -> dict:
         return {"quota": Quota(self.keep_ratio, self.min_per_grid), "segment_starts": []}
@@ -76,6 +81,7 @@ class TemporalReducer(Reducer):
             raise ValueError("temporal reduction needs tokens.grid_hw (the grid shape) to be set")
         if "reference" not in state:
             dev, d = tokens.embeds.device, tokens.dim
+            state["mean"] = None  # unit mean token of the previous grid
             state.update(reference=torch.zeros(h * w, d, device=dev), has_reference=torch.zeros(h * w, dtype=torch.bool, device=dev),
                          previous=torch.zeros(h * w, d, device=dev), has_previous=torch.zeros(h * w, dtype=torch.bool, device=dev))
 
@@ -96,11 +102,14 @@ class TemporalReducer(Reducer):
             loc, x = location[idx], normed[idx]
             t = int(tokens.grid[group[0], 0])
             seen = has_prev[loc]
-            change = 1 - float((x[seen] * prev[loc[seen]]).sum(-1).mean()) if bool(seen.any()) else math.nan
+            mean = torch.nn.functional.normalize(tokens.embeds[idx].float().mean(0), dim=0)
+            change = math.nan if state["mean"] is None else 1 - float(mean @ state["mean"])
+            state["mean"] = mean
             changes.append(change)
-            if not state["segment_starts"] or change > self.cut_threshold:
+            segments = state["segment_starts"]
+            if not segments or change > self.cut_threshold and t - segments[-1] >= self.min_segment:
                 starts.append(t)
-                state["segment_starts"].append(t)
+                segments.append(t)
             known = has_ref[loc]
             typical = x @ torch.nn.functional.normalize(x.mean(0), dim=0)
             redundancy = torch.where(known, (x * ref[loc]).sum(-1),
