@@ -73,47 +73,49 @@ class TemporalReducer(Reducer):
             raise ConfigError(f"temporal min_segment must be >= 1 grids, got {self.min_segment}")
 
     def initial_state(self) -> dict:
-        return {"quota": Quota(self.keep_ratio, self.min_per_grid), "segment_starts": []}
+        return {"quota": Quota(self.keep_ratio, self.min_per_grid), "segment_starts": [], "mean": None}
 
-    def _location_state(self, state: dict, tokens: VisualTokens) -> None:
+    def _segment(self, state: dict, t: int, embeds: torch.Tensor) -> tuple[float, bool]:
+        """Change score of grid ``t`` (its tokens ``embeds [n, D]``) and whether it starts a segment."""
+        mean = torch.nn.functional.normalize(embeds.float().mean(0), dim=0)
+        change = math.nan if state["mean"] is None else 1 - float(mean @ state["mean"])
+        state["mean"] = mean
+        starts = state["segment_starts"]
+        if not starts or change > self.cut_threshold and t - starts[-1] >= self.min_segment:
+            starts.append(t)
+            return change, True
+        return change, False
+
+    def reduce(self, tokens: VisualTokens, context: dict, state: dict) -> VisualTokens:
         h, w = tokens.grid_hw
         if h * w <= 0:
             raise ValueError("temporal reduction needs tokens.grid_hw (the grid shape) to be set")
-        if "reference" not in state:
-            dev, d = tokens.embeds.device, tokens.dim
-            state["mean"] = None  # unit mean token of the previous grid
-            state.update(reference=torch.zeros(h * w, d, device=dev), has_reference=torch.zeros(h * w, dtype=torch.bool, device=dev),
-                         previous=torch.zeros(h * w, d, device=dev), has_previous=torch.zeros(h * w, dtype=torch.bool, device=dev))
-
-    def reduce(self, tokens: VisualTokens, context: dict, state: dict) -> VisualTokens:
-        self._location_state(state, tokens)
         dev = tokens.embeds.device
+        if "reference" not in state:  # per location: last kept token, last seen token (unit vectors)
+            for name in ("reference", "previous"):
+                state[name] = torch.zeros(h * w, tokens.dim, device=dev)
+                state["has_" + name] = torch.zeros(h * w, dtype=torch.bool, device=dev)
         ref, has_ref = state["reference"], state["has_reference"]
         prev, has_prev = state["previous"], state["has_previous"]
-        width = tokens.grid_hw[1]
-        location = (tokens.grid[:, 1] * width + tokens.grid[:, 2]).to(dev)
+        location = (tokens.grid[:, 1] * w + tokens.grid[:, 2]).to(dev)
         normed = torch.nn.functional.normalize(tokens.embeds.float(), dim=-1)
         keep = torch.zeros(len(tokens), dtype=torch.bool, device=dev)
-        # index (in this call) of the kept token each location's reference came from; -1: earlier call
-        owner = torch.full((ref.shape[0],), -1, dtype=torch.long, device=dev)
+        # row (in this call) of the token each location's reference is; -1: handed on in an earlier call
+        owner = torch.full((h * w,), -1, dtype=torch.long, device=dev)
         merge_src, merge_dst, starts, changes = [], [], [], []
         for group in tokens.frame_groups():
             idx = group.to(dev)
             loc, x = location[idx], normed[idx]
             t = int(tokens.grid[group[0], 0])
-            seen = has_prev[loc]
-            mean = torch.nn.functional.normalize(tokens.embeds[idx].float().mean(0), dim=0)
-            change = math.nan if state["mean"] is None else 1 - float(mean @ state["mean"])
-            state["mean"] = mean
+            change, starts_segment = self._segment(state, t, tokens.embeds[idx])
             changes.append(change)
-            segments = state["segment_starts"]
-            if not segments or change > self.cut_threshold and t - segments[-1] >= self.min_segment:
+            if starts_segment:
                 starts.append(t)
-                segments.append(t)
-            known = has_ref[loc]
+            # cosine to the reference, else to the previous token, else new: below any cosine (-1),
+            # the least typical of the grid first
             typical = x @ torch.nn.functional.normalize(x.mean(0), dim=0)
-            redundancy = torch.where(known, (x * ref[loc]).sum(-1),
-                                     torch.where(seen, (x * prev[loc]).sum(-1), typical - 3))
+            redundancy = torch.where(has_ref[loc], (x * ref[loc]).sum(-1),
+                                     torch.where(has_prev[loc], (x * prev[loc]).sum(-1), typical - 3))
             order = torch.argsort(redundancy, stable=True)
             if self.threshold > 0:
                 k = max(int((redundancy <= self.threshold).sum()), min(self.min_per_grid, idx.numel()))
@@ -123,15 +125,14 @@ class TemporalReducer(Reducer):
             keep[idx[chosen]] = True
             if self.merge and dropped.numel():
                 dst = owner[loc[dropped]]
-                has_dst = known[dropped] & (dst >= 0)
-                merge_src.append(idx[dropped][has_dst])
-                merge_dst.append(dst[has_dst])
+                merge_src.append(idx[dropped][dst >= 0])
+                merge_dst.append(dst[dst >= 0])
             ref[loc[chosen]] = x[chosen]
             has_ref[loc[chosen]] = True
             owner[loc[chosen]] = idx[chosen]
             prev[loc] = x
             has_prev[loc] = True
-        out = tokens if not merge_src else _fold(tokens, torch.cat(merge_src), torch.cat(merge_dst))
+        out = _fold(tokens, torch.cat(merge_src), torch.cat(merge_dst)) if merge_src else tokens
         out = out.select(keep.cpu())
         out.extra["segment_starts"] = starts
         out.extra["change"] = changes
