@@ -108,7 +108,4 @@ def recall(adapter: VLMAdapter, memory: VideoMemory, question_embeds: torch.Tens
                     layer_keys[l], layer_values[l], layer_visual[l],
                     queries[l][:, -config.observation_window:], math.ceil(ratio * n_visual), merge=False)
                 uneven = True
-    if uneven:
-        return Recall(cache_from(layer_keys, layer_values), next_position, chosen, n_visual, scores, uneven=True)
-    return Recall(cache_from(torch.stack(layer_keys), torch.stack(layer_values)), next_position, chosen,
-                  n_visual, scores)
+    return Recall(cache_from(layer_keys, layer_values), next_position, chosen, n_visual, scores, uneven=uneven)

@@ -100,9 +100,10 @@ class VideoQA:
                 self._reducers = (None, None)
         return self._reducers
 
-    def memory_path(self, video: Path) -> Path:
+    def memory_path(self, video: Path, fingerprint: str | None = None) -> Path:
         model_key = hashlib.sha256(self.model_name.encode()).hexdigest()[:12]
-        return self.cache_dir / f"{video_fingerprint(video)}-{model_key}-{self.config.ingest_key()}"
+        fingerprint = fingerprint or video_fingerprint(video)
+        return self.cache_dir / f"{fingerprint}-{model_key}-{self.config.ingest_key()}"
 
     def ingest(self, video: str | Path, progress: ProgressFn | None = None,
                use_cache: bool = True) -> VideoMemory:
@@ -114,7 +115,8 @@ class VideoQA:
         key = (str(path.resolve()), self.config.ingest_key())
         if use_cache and key in self._memories:
             return self._memories[key]
-        target = self.memory_path(path)
+        fingerprint = video_fingerprint(path)  # read once: the cache key and the memory's record
+        target = self.memory_path(path, fingerprint)
         expect = {"model": self.model_name, "config_key": self.config.ingest_key()}
         if use_cache and target.exists():
             try:
@@ -124,13 +126,13 @@ class VideoQA:
                 return memory
             except CacheError:
                 pass  # damaged or stale: rebuilt below, never trusted
-        memory = self._ingest(path, info, progress)
+        memory = self._ingest(path, info, progress, fingerprint)
         if use_cache:
             save_memory(memory, target)
         self._memories[key] = memory
         return memory
 
-    def _ingest(self, path: Path, info, progress: ProgressFn | None) -> VideoMemory:
+    def _ingest(self, path: Path, info, progress: ProgressFn | None, fingerprint: str) -> VideoMemory:
         from vidqa.video import iter_chunks, sample_times
 
         vc = self.config.video
@@ -186,7 +188,7 @@ class VideoQA:
         if not ingest.blocks:
             raise VideoError(f"{path}: no frames could be decoded")
         timings["total"] = time.perf_counter() - t_start
-        video = {"path": str(path), "fingerprint": video_fingerprint(path), "duration": info.duration,
+        video = {"path": str(path), "fingerprint": fingerprint, "duration": info.duration,
                  "frames": done, "fps": vc.fps}
         stats = {"timings": timings, "visual_tokens_in": tokens_in, "visual_tokens_kept": tokens_kept}
         return ingest.finish(self.model_name, video, self.config.ingest_key(), stats)
