@@ -249,17 +249,3 @@ def test_describe_names_what_is_on_screen_in_the_vocabulary():
     assert re.findall(r"\ba (\w+ \w+ \w+) moves", many) == [o.label for o in sorted(inside, key=lambda o: o.start)]
 
 
-def test_training_patchify_equals_the_processor():
-    """The trainer's GPU patchify must give the model exactly what the processor gives at inference."""
-    import torch
-
-    from vidqa.synth.model import build_model_and_processor
-    from vidqa.synth.train import HEIGHT, WIDTH, make_example, patchify
-
-    _, processor = build_model_and_processor()
-    frames, times, qa = make_example(3, 16, 120.0)
-    assert frames.shape == (16, HEIGHT, WIDTH, 3) and times[0] == 120.0 and 1 <= len(qa) <= 4
-    ref = processor.video_processor(videos=[frames[:4]], return_tensors="pt", do_sample_frames=False,
-                                    cap_pixels_per_frame=False)["pixel_values_videos"]
-    ours = patchify(torch.from_numpy(frames[None, :4]), processor)
-    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)

@@ -20,6 +20,7 @@ import torch
 
 from vidqa.tokens import VisualTokens
 from vidqa.vlm.base import ChunkLayout, VLMAdapter
+from vidqa.vlm.vision_attention import packed_vision_attention
 
 
 def format_timestamp(seconds: float) -> str:
@@ -62,7 +63,8 @@ class Qwen2_5_VLAdapter(VLMAdapter):
                     cap_pixels_per_frame=False, device=str(self.device))
         pixels = inputs["pixel_values_videos"].to(self.device)
         grid_thw = inputs["video_grid_thw"].to(self.device)
-        with torch.no_grad():
+        # Packed window attention: one SDPA call per window size instead of one per window.
+        with torch.no_grad(), packed_vision_attention(self.model.model.visual):
             out = self.model.model.get_video_features(pixel_values_videos=pixels, video_grid_thw=grid_thw)
         embeds = out.pooler_output[0] if hasattr(out, "pooler_output") else out[0]
         return self.token_metadata(embeds, inputs["video_grid_thw"][0], times, first_index)

@@ -2,9 +2,9 @@
 
 * Tokenizer: word level (``tokenizers`` WordLevel), lower-cased, digits split one by one, over the
   words of the world's vocabulary, the question templates and the prompt -- a few hundred tokens.
-* Model: ``Qwen2_5_VLForConditionalGeneration`` with a 4-block vision tower (14-pixel patches, 2x2
-  merge, 2-frame temporal patches, absolute-time M-RoPE) and a 4-layer, 256-wide language model:
-  about 3.7M parameters, under 8 MB in bf16.
+* Model: ``Qwen2_5_VLForConditionalGeneration`` with a 6-block, 192-wide vision tower (14-pixel
+  patches, 112-pixel windows, 2x2 merge, 2-frame temporal patches, absolute-time M-RoPE) and a
+  6-layer, 256-wide language model: about 7M parameters, about 14 MB in bf16.
 * Processor: the stock ``Qwen2_5_VLProcessor`` with frames resized to at most 224x126 pixels
   (4x8 merged tokens per 2-frame grid on the synthetic world's 16:9 frames).
 
@@ -39,11 +39,12 @@ def corpus_words(extra_texts: list[str] = ()) -> list[str]:
     from vidqa.mcq import MC_ANSWER_PREFIX, format_mc_question
     from vidqa.synth.questions import make_questions
     from vidqa.synth.timeline import make_timeline
+    from vidqa.synth.train_data import DESCRIBE
 
     texts = [MC_ANSWER_PREFIX, format_mc_question("x", ["a", "b", "c", "d"]), "You are a helpful assistant.",
              "system user assistant", " ".join(vocab.SCENES), " ".join(vocab.COLOURS), " ".join(vocab.SHAPES),
              " ".join(vocab.SIZES), " ".join(vocab.CARD_WORDS), " ".join(vocab.ANOMALIES.values()),
-             "0 1 2 3 4 5 6 7 8 9 : < > ( ) , . ? ' -", *extra_texts]
+             "0 1 2 3 4 5 6 7 8 9 : < > ( ) , . ? ' -", " ".join(vocab.all_words()), DESCRIBE, *extra_texts]
     for seed in range(40):
         for duration in (16, 40, 600):
             tl = make_timeline(seed, duration)
@@ -84,15 +85,15 @@ def build_model_and_processor(seed: int = 0):
     tok = build_tokenizer()
     ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
     text_config = dict(
-        vocab_size=len(tok), hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+        vocab_size=len(tok), hidden_size=256, intermediate_size=512, num_hidden_layers=6,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32768,
         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
         rope_scaling={"type": "mrope", "mrope_section": [8, 12, 12]}, rope_theta=10000.0,
         tie_word_embeddings=True,
     )
     vision_config = dict(
-        depth=4, hidden_size=128, intermediate_size=256, num_heads=4, patch_size=14, spatial_merge_size=2,
-        temporal_patch_size=2, tokens_per_second=2, window_size=112, fullatt_block_indexes=[1, 3],
+        depth=6, hidden_size=192, intermediate_size=512, num_heads=6, patch_size=14, spatial_merge_size=2,
+        temporal_patch_size=2, tokens_per_second=2, window_size=112, fullatt_block_indexes=[2, 5],
         out_hidden_size=256, in_channels=3,
     )
     config = Qwen2_5_VLConfig(

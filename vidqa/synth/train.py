@@ -1,19 +1,27 @@
 """Training the bundled ``synth-tiny`` model from scratch on short synthetic clips.
 
-    python -m vidqa.synth.train --out ckpt --minutes 8 [--resume ckpt] [--save-pretrained assets/models/synth-tiny]
+    python -m vidqa.synth.train --out ckpt --minutes 8 [--steps N] [--resume ckpt] \\
+        [--save-pretrained assets/models/synth-tiny]
 
-Each example is a clip of 16-64 s of the synthetic world at 1 fps (rendered straight from a
-timeline, no video file), laid out exactly as vidqa lays out a video -- prompt prefix, one block
-per 16-frame chunk preceded by its ``<mm:ss>`` timestamp, then a multiple-choice question in MLVU's
-wording ending with ``Best Option: (`` -- and the loss is on the answer letter and ``)``.
+Examples come from :mod:`vidqa.synth.train_data` (clips of 1-6 chunks with every question they
+support, rendered by CPU workers). On the device a step then
 
-Position augmentation, so that the model tolerates what long videos produce: clips sit at a random
-time offset in a virtual video of up to an hour (timestamps and grounding options move with it),
-and a random position gap separates the prompt from the first chunk and, sometimes, chunk from
-chunk (as after retrieval with ``positions="original"``).
+1. resizes the 224x126 renders to the model's 224x112 (bicubic with antialiasing, as the processor
+   resizes a decoded 448x252 video), with mild blur and noise against the codec's softening;
+2. patchifies them exactly as the processor does (:func:`patchify`, tested against it) and runs the
+   vision tower with packed window attention (:mod:`vidqa.vlm.vision_attention`);
+3. lays each clip out exactly as vidqa's ingest does -- prompt prefix, then per 16-frame chunk its
+   ``<mm:ss>`` timestamp and visual tokens at the adapter's own M-RoPE positions -- and prefills the
+   video **once per clip**, keeping its KV cache;
+4. answers every question of the clip as a separate row over that cache (as ``VideoQA.ask`` answers
+   each question over the same memory), with the loss on the answer tokens, averaged per row so a
+   long description weighs as much as one letter.
 
-Reproducible from ``--seed``; the data loader renders batches on CPU workers. Checkpoints hold the
-model weights only (the optimiser restarts with a short warm-up on resume).
+The schedule is step-based (warm-up, cosine to 10%) and reproducible from ``--seed`` for a given
+``--steps`` and worker count; with ``--minutes`` alone the step count is set from the speed of the
+first steps. Weights are checkpointed every few minutes (bf16 safetensors), so a run stopped at its
+time limit keeps its progress; ``--resume`` continues from one (the optimiser restarts, with a
+short warm-up).
 """
 
 from __future__ import annotations
@@ -25,51 +33,48 @@ import random
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
+import torch.nn.functional as F
 
-from vidqa.mcq import MC_ANSWER_PREFIX, format_mc_question, letter
-from vidqa.synth.questions import TASKS, clock, make_questions
-from vidqa.synth.render import render_frame
-from vidqa.synth.timeline import make_timeline
+from vidqa.synth.questions import TASKS
+from vidqa.synth.train_data import ClipBatches, pick_questions
 
-# Rendered at the size the processor gives the demo's 448x252 frames (smart_resize to 28-multiples),
-# so training frames need no resize and are patchified on the GPU (see `patchify`).
-WIDTH, HEIGHT = 224, 112
-DURATIONS = [16, 32, 48, 64]  # multiples of the 16-frame chunk
-CHUNK = 16
-HELD_OUT_SEED_BASE = 10_000_000  # evaluation seeds; training seeds stay below
+HEIGHT, WIDTH = 112, 224  # what the processor makes of the world's 448x252 (16:9) videos
+CHECKPOINT_EVERY_S = 120
 
 
-def shift_clock(text: str, offset: float) -> str:
-    h, m, s = (int(x) for x in text.split(":"))
-    return clock(h * 3600 + m * 60 + s + offset)
+def to_model_frames(frames: torch.Tensor, augment: bool = False, generator: torch.Generator | None = None):
+    """uint8 renders ``[B, T, 126, 224, 3]`` -> float frames ``[B, T, 112, 224, 3]`` in [0, 255] (rounded).
 
-
-def make_example(seed: int, duration: int, offset: float, max_questions: int = 4):
-    """(frames uint8 [T, H, W, 3], times [T], [(question text, answer letter, task)]) for one clip:
-    up to ``max_questions`` questions of different task types, asked one after another."""
-    rng = random.Random(seed)
-    tl = make_timeline(seed, duration, object_every=5.0, card_every=9.0, scene_every=14.0)
-    qs = make_questions(tl, seed, per_task=1)
-    rng.shuffle(qs)
-    out = []
-    for q in qs[:max_questions]:
-        candidates, answer = list(q["candidates"]), q["answer"]
-        if q["question_type"] == "grounding":
-            candidates = [shift_clock(c, offset) for c in candidates]
-            answer = shift_clock(answer, offset)
-        out.append((format_mc_question(q["question"], candidates), letter(candidates.index(answer)),
-                    q["question_type"]))
-    frames = np.stack([render_frame(tl, float(t), WIDTH, HEIGHT) for t in range(duration)])
-    times = np.arange(duration, dtype=np.float64) + offset
-    return frames, times, out
+    ``augment``: per clip, a Gaussian blur of sigma 0-0.8 px and grey noise of std 0-3 levels.
+    """
+    b, t = frames.shape[:2]
+    x = frames.permute(0, 1, 4, 2, 3).reshape(b * t, 3, *frames.shape[2:4]).float()
+    x = F.interpolate(x, size=(HEIGHT, WIDTH), mode="bicubic", antialias=True, align_corners=False)
+    if augment:
+        x = x.reshape(b, t * 3, HEIGHT, WIDTH)
+        sigma = torch.rand(b, generator=generator, device="cpu") * 0.8
+        taps = torch.arange(-2, 3, dtype=torch.float32)
+        kernel = torch.exp(-taps[None] ** 2 / (2 * sigma[:, None].clamp(min=1e-3) ** 2))
+        kernel = (kernel / kernel.sum(dim=1, keepdim=True)).to(x.device)  # [B, 5]
+        out = []
+        for i in range(b):  # separable blur, one kernel per clip, edges replicated
+            k = kernel[i]
+            y = F.conv2d(F.pad(x[i:i + 1].transpose(0, 1), (2, 2, 0, 0), mode="replicate"), k.view(1, 1, 1, 5))
+            y = F.conv2d(F.pad(y, (0, 0, 2, 2), mode="replicate"), k.view(1, 1, 5, 1))
+            out.append(y.transpose(0, 1))
+        x = torch.cat(out)
+        std = (torch.rand(b, 1, 1, 1, generator=generator) * 3).to(x.device)
+        noise = torch.randn(b, 1, HEIGHT, WIDTH, generator=generator).to(x.device) * std
+        x = (x + noise).reshape(b * t, 3, HEIGHT, WIDTH)
+    x = x.clamp(0, 255).round()
+    return x.reshape(b, t, 3, HEIGHT, WIDTH).permute(0, 1, 3, 4, 2)
 
 
 def patchify(frames: torch.Tensor, processor) -> torch.Tensor:
     """What the Qwen2-VL video processor makes of frames already at a 28-multiple size, on any device.
 
-    ``frames`` uint8 ``[B, T, H, W, 3]`` (T even) -> ``[B * (T/2) * (H/14) * (W/14), 3 * 2 * 14 * 14]``:
+    ``frames`` ``[B, T, H, W, 3]`` in [0, 255] (T even) -> ``[B * (T/2) * (H/14) * (W/14), 3 * 2 * 14 * 14]``:
     rescale, normalise with the processor's mean/std, then the processor's patch order (temporal
     grid, merged row, merged column, row in merge, column in merge; channels, time, pixel row, pixel
     column). Tested against the processor itself.
@@ -86,225 +91,255 @@ def patchify(frames: torch.Tensor, processor) -> torch.Tensor:
     return x.reshape(b * (t // tp) * (h // p) * (w // p), c * tp * p * p)
 
 
-class ClipBatches(torch.utils.data.IterableDataset):
-    """Endless batches; every batch shares one clip duration (so the visual layout is identical)."""
+def video_template(adapter, batch: dict, patch_hw: tuple[int, int]):
+    """The text-and-visual layout shared by the clips of ``batch``, as ingest builds it
+    (``patch_hw``: the frames' size in patches, before the 2x2 merge).
 
-    def __init__(self, batch_size: int, seed: int, held_out: bool = False):
-        self.batch_size, self.seed, self.held_out = batch_size, seed, held_out
-
-    def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        worker = info.id if info else 0
-        rng = random.Random(self.seed * 1000 + worker)
-        base = HELD_OUT_SEED_BASE if self.held_out else 0
-        while True:
-            duration = rng.choice(DURATIONS)
-            offset = float(rng.randrange(0, 3600 - duration, 2)) if rng.random() < 0.7 else 0.0
-            items = [make_example(base + rng.randrange(10**9 if not self.held_out else 10**6), duration, offset)
-                     for _ in range(self.batch_size)]
-            yield {
-                "frames": torch.from_numpy(np.stack([f for f, _, _ in items])),
-                "times": items[0][1],
-                "qa": [q for _, _, q in items],
-                "gap": rng.randrange(0, 6000) if rng.random() < 0.5 else 0,
-                "chunk_gaps": [rng.randrange(0, 300) if rng.random() < 0.2 else 0 for _ in range(duration // CHUNK)],
-            }
-
-
-def assemble(adapter, batch, device):
-    """Inputs ``[B, L, D]``, positions ``[3, B, L]``, labels ``[B, L]`` for a batch (vision with grad)."""
-    model = adapter.model
-    frames = batch["frames"].to(device, non_blocking=True)
-    b, n_frames = frames.shape[:2]
-    vp = adapter.processor.video_processor
-    grid = torch.tensor([n_frames // vp.temporal_patch_size, HEIGHT // vp.patch_size, WIDTH // vp.patch_size])
-    frames_per_chunk = CHUNK
-    grid_rows = grid.repeat(b, 1).to(device)
-    vis = model.model.visual(patchify(frames, adapter.processor).to(model.dtype), grid_thw=grid_rows)
-    vis = vis.pooler_output if hasattr(vis, "pooler_output") else vis
-    per_video = vis.shape[0] // b
+    Returns (ids ``[Lv]`` with text token ids and 0 at visual slots, visual mask ``[Lv]``, positions
+    ``[3, Lv]``, next free position).
+    """
+    ids, visual, positions, pos = [], [], [], 0
     times = batch["times"]
-    tokens_per_grid = per_video // (n_frames // 2)
-    # Shared layout: prefix, then chunks; text pieces are the same for every example of the batch.
-    pieces, positions, pos = [], [], 0
 
-    def text(t, gap=0):
+    def text(t: str):
         nonlocal pos
-        pos += gap
-        ids = adapter.tokenize(t)
-        pieces.append(("text", ids))
-        positions.append(adapter.text_positions(len(ids), pos))
-        pos += len(ids)
+        tok = adapter.tokenize(t)
+        ids.append(tok)
+        visual.append(torch.zeros(len(tok), dtype=torch.bool))
+        positions.append(adapter.text_positions(len(tok), pos))
+        pos += len(tok)
 
     text(adapter.prompt_prefix())
-    for c in range(n_frames // frames_per_chunk):
+    frames_per_chunk = 16
+    grids = frames_per_chunk // adapter.temporal_patch
+    for c in range(batch["chunks"]):
+        pos += batch["gap"] if c == 0 else batch["chunk_gaps"][c]
         f0 = c * frames_per_chunk
-        meta = adapter.token_metadata(torch.zeros(frames_per_chunk // 2 * tokens_per_grid, 1),
-                                      (frames_per_chunk // 2, grid[1], grid[2]), times[f0:f0 + frames_per_chunk], f0)
+        tokens = grids * (patch_hw[0] // adapter.merge) * (patch_hw[1] // adapter.merge)
+        meta = adapter.token_metadata(torch.zeros(tokens, 1), (grids, *patch_hw), times[f0:f0 + frames_per_chunk], f0)
         layout = adapter.chunk_layout(meta)
-        text(adapter.chunk_open(layout.t0), gap=batch["gap"] if c == 0 else batch["chunk_gaps"][c])
-        pieces.append(("vis", (f0 // 2 * tokens_per_grid, len(meta))))
+        text(adapter.chunk_open(layout.t0))
+        ids.append(torch.zeros(len(meta), dtype=torch.long))
+        visual.append(torch.ones(len(meta), dtype=torch.bool))
         positions.append(adapter.visual_positions(meta, layout, pos))
         pos += layout.extent
         text(adapter.chunk_close())
-    shared_pos = torch.cat(positions, dim=1)
+    return torch.cat(ids), torch.cat(visual), torch.cat(positions, dim=1), pos
+
+
+def question_rows(adapter, batch: dict, start: int):
+    """Every question of every clip as a row: ids ``[R, Lq]`` (right-padded), labels ``[R, Lq]``
+    (-100 but on the answer), positions ``[3, R, Lq]``, the clip of each row ``[R]``, the tasks."""
+    end = adapter.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    rows, sups, clip_of_row, tasks = [], [], [], []
+    for i, questions in enumerate(batch["qa"]):
+        for qa in questions:
+            q = adapter.tokenize(adapter.prompt_question(qa.prompt, qa.prefix)).tolist()
+            a = adapter.tokenize(qa.target).tolist() + [end]
+            rows.append(q + a)
+            sups.append([False] * len(q) + [True] * len(a))
+            clip_of_row.append(i)
+            tasks.append(qa.task)
+    length = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), length, dtype=torch.long)
+    labels = torch.full((len(rows), length), -100, dtype=torch.long)
+    for r, (row, sup) in enumerate(zip(rows, sups)):
+        ids[r, :len(row)] = torch.tensor(row)
+        labels[r, :len(row)] = torch.where(torch.tensor(sup), torch.tensor(row), torch.tensor(-100))
+    start = start + batch["question_gap"]
+    positions = (torch.arange(length) + start).expand(3, len(rows), length).clone()
+    return ids, labels, positions, torch.tensor(clip_of_row), tasks
+
+
+def batch_logits(adapter, batch: dict, device, augment: bool = False, generator=None):
+    """Logits ``[R, Lq, V]`` of the question rows of ``batch`` and their labels ``[R, Lq]`` and tasks."""
+    model = adapter.model
+    from vidqa.vlm.vision_attention import packed_vision_attention
+
+    frames = to_model_frames(batch["frames"].to(device, non_blocking=True), augment, generator)
+    b, n_frames = frames.shape[:2]
+    vp = adapter.processor.video_processor
+    grid = torch.tensor([n_frames // vp.temporal_patch_size, HEIGHT // vp.patch_size, WIDTH // vp.patch_size])
+    with packed_vision_attention(model.model.visual):
+        vis = model.model.visual(patchify(frames, adapter.processor).to(model.dtype),
+                                 grid_thw=grid.repeat(b, 1).to(device))
+    vis = vis.pooler_output if hasattr(vis, "pooler_output") else vis
+    ids, is_visual, positions, next_pos = video_template(adapter, batch, (int(grid[1]), int(grid[2])))
     embed = model.get_input_embeddings()
-    seqs, poss, labels = [], [], []
-    for i in range(b):
-        parts = []
-        for kind, val in pieces:
-            if kind == "text":
-                parts.append(embed(val.to(device)))
-            else:
-                start, n = val
-                parts.append(vis[i * per_video + start: i * per_video + start + n])
-        # Several questions in turn: each answered, then the next asked as a follow-up turn.
-        ids, sup = [], []
-        end = adapter.tokenizer.convert_tokens_to_ids("<|im_end|>")
-        for k, (question, answer, _) in enumerate(batch["qa"][i]):
-            text = adapter.prompt_question(question, MC_ANSWER_PREFIX)
-            if k:
-                text = "\n<|im_start|>user\n" + text
-            q_ids = adapter.tokenize(text).tolist()
-            a_ids = adapter.tokenize(answer + ")").tolist() + [end]
-            ids += q_ids + a_ids
-            sup += [False] * len(q_ids) + [True] * len(a_ids)
-        ids_t = torch.tensor(ids)
-        parts.append(embed(ids_t.to(device)))
-        seqs.append(torch.cat(parts))
-        poss.append(torch.cat([shared_pos, adapter.text_positions(len(ids), pos)], dim=1))
-        lab = torch.full((seqs[-1].shape[0],), -100, dtype=torch.long)
-        lab[-len(ids):] = torch.where(torch.tensor(sup), ids_t, torch.full_like(ids_t, -100))
-        labels.append(lab)
-    length = max(s.shape[0] for s in seqs)
-    x = torch.zeros(b, length, seqs[0].shape[1], device=device, dtype=seqs[0].dtype)
-    p = torch.zeros(3, b, length, dtype=torch.long)
-    y = torch.full((b, length), -100, dtype=torch.long)
-    for i in range(b):
-        n = seqs[i].shape[0]
-        x[i, :n], p[:, i, :n], y[i, :n] = seqs[i], poss[i], labels[i]
-        if n < length:  # right padding: causal attention keeps it from affecting the real tokens
-            p[:, i, n:] = poss[i][:, -1:] + 1
-    return x, p.to(device), y.to(device)
+    video = embed(ids.to(device)).unsqueeze(0).repeat(b, 1, 1)
+    video[:, is_visual.to(device)] = vis.reshape(b, -1, vis.shape[-1]).to(video.dtype)
+    lm = model.model.language_model
+    out = lm(inputs_embeds=video, position_ids=positions.unsqueeze(1).expand(3, b, -1).to(device), use_cache=True)
+    q_ids, labels, q_pos, clip_of_row, tasks = question_rows(adapter, batch, next_pos)
+    cache = out.past_key_values
+    index = clip_of_row.to(device)
+    for layer in cache.layers:  # each row answers over its own clip's video KV
+        layer.keys, layer.values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
+    hidden = lm(inputs_embeds=embed(q_ids.to(device)), position_ids=q_pos.to(device), past_key_values=cache,
+                use_cache=True).last_hidden_state
+    return model.lm_head(hidden).float(), labels.to(device), tasks
 
 
-def answer_starts(labels: torch.Tensor) -> list[list[int]]:
-    """Per row, the positions of the first token of each supervised answer."""
-    out = []
-    for row in labels:
-        sup = (row != -100).tolist()
-        out.append([j for j in range(len(sup)) if sup[j] and (j == 0 or not sup[j - 1])])
-    return out
+def row_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the answer tokens, averaged within each row, then over rows."""
+    tok = F.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=-100, reduction="none")
+    counts = (labels[:, 1:] != -100).sum(dim=1).clamp(min=1)
+    return (tok.sum(dim=1) / counts).mean()
 
 
-def letter_accuracy(logits, labels, adapter) -> list[bool]:
-    """For every answer: is its option letter the argmax among the letters a-d?"""
+def letter_hits(logits, labels, tasks, adapter) -> list[tuple[str, bool]]:
+    """(task, correct?) per multiple-choice row: is the answer's letter the argmax among a-d?"""
     letters = [adapter.tokenizer.convert_tokens_to_ids(c) for c in "abcd"]
     out = []
-    for i, starts in enumerate(answer_starts(labels)):
-        for j in starts:
-            scores = logits[i, j - 1, letters]
-            out.append(int(scores.argmax()) == letters.index(int(labels[i, j])))
+    for r, task in enumerate(tasks):
+        if task == "describe":
+            continue
+        j = int((labels[r] != -100).nonzero()[0])
+        scores = logits[r, j - 1, letters]
+        out.append((task, int(scores.argmax()) == letters.index(int(labels[r, j]))))
     return out
+
+
+def evaluate(adapter, device, batches: int, seed: int = 12345, workers: int = 0) -> dict:
+    """Held-out letter accuracy per task (seeds never used in training) and M-Avg over the tasks."""
+    hits: dict[str, list[bool]] = {t: [] for t in TASKS}
+    data = iter(torch.utils.data.DataLoader(ClipBatches(seed, held_out=True), batch_size=None, num_workers=workers,
+                                            worker_init_fn=lambda _: torch.set_num_threads(1)))
+    adapter.model.eval()
+    with torch.no_grad():
+        for _ in range(batches):
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
+                logits, labels, tasks = batch_logits(adapter, next(data), device)
+            for task, ok in letter_hits(logits, labels, tasks, adapter):
+                hits[task].append(ok)
+    adapter.model.train()
+    acc = {t: round(100 * sum(v) / len(v), 1) for t, v in hits.items() if v}
+    acc["m_avg"] = round(sum(acc.values()) / max(1, len(acc)), 1)
+    acc["questions"] = sum(len(v) for v in hits.values())
+    return acc
+
+
+def save_weights(model, path: Path) -> None:
+    """bf16 weights without the tied head, written atomically."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().to(torch.bfloat16).cpu().contiguous() for k, v in model.state_dict().items()
+             if k != "lm_head.weight"}
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp))
+    tmp.replace(path)
+
+
+def save_pretrained(model, processor, folder: Path, info: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    model.to(torch.bfloat16).save_pretrained(folder, safe_serialization=True)
+    processor.save_pretrained(folder)
+    (folder / "training.json").write_text(json.dumps(info, indent=1) + "\n")
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    return peak * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total))))
 
 
 def main(argv=None) -> int:
     from vidqa.synth.model import build_model_and_processor
     from vidqa.vlm.qwen2_5_vl import Qwen2_5_VLAdapter
 
-    ap = argparse.ArgumentParser(prog="python -m vidqa.synth.train", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m vidqa.synth.train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--minutes", type=float, default=8.0)
+    ap.add_argument("--minutes", type=float, default=8.0, help="time limit of the training loop")
+    ap.add_argument("--steps", type=int, default=0, help="schedule length (0: set from the first steps' speed)")
     ap.add_argument("--resume", help="folder with model.safetensors of an earlier run")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--workers", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--frames-per-batch", type=int, default=768)
     ap.add_argument("--save-pretrained", help="also write a save_pretrained folder here")
-    ap.add_argument("--eval-batches", type=int, default=8)
+    ap.add_argument("--eval-batches", type=int, default=12)
+    ap.add_argument("--log-every", type=int, default=50)
+    ap.add_argument("--reuse", type=int, default=2, help="steps per rendered batch (new questions each time)")
     args = ap.parse_args(argv)
+    random.seed(args.seed)
     torch.manual_seed(args.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, processor = build_model_and_processor(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     if args.resume:
         from safetensors.torch import load_file
 
-        model.load_state_dict(load_file(str(Path(args.resume) / "model.safetensors")), strict=False)
+        state = load_file(str(Path(args.resume) / "model.safetensors"))
+        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     model.to(device).train()
     adapter = Qwen2_5_VLAdapter(model, processor, "synth-tiny")
+    model.train()  # the adapter puts the model in eval mode
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05, betas=(0.9, 0.98))
-    loader = torch.utils.data.DataLoader(ClipBatches(args.batch_size, args.seed + (7 if args.resume else 0)),
-                                         batch_size=None, num_workers=args.workers, prefetch_factor=4,
-                                         persistent_workers=args.workers > 0,
-                                         worker_init_fn=lambda _: torch.set_num_threads(1))
-    deadline = time.time() + args.minutes * 60
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    loader = torch.utils.data.DataLoader(
+        ClipBatches(args.seed + (7 if args.resume else 0), frames_per_batch=args.frames_per_batch),
+        batch_size=None, num_workers=args.workers, prefetch_factor=4 if args.workers else None,
+        persistent_workers=args.workers > 0, worker_init_fn=lambda _: torch.set_num_threads(1),
+        pin_memory=device == "cuda")
+    generator = torch.Generator().manual_seed(args.seed)
+    t_start = time.time()
+    deadline = t_start + args.minutes * 60
     log = open(out / "train_log.jsonl", "a")
-    step, warmup, recent = 0, 100, []
-    total_est = max(200, int(args.minutes * 60 / 0.25))
-    for batch in loader:
-        lr = args.lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total_est))))
+    step, total, warmup = 0, args.steps or 10**9, 50 if args.resume else 200
+    recent_loss, recent_hits, last_ckpt, t_steps = [], [], time.time(), None
+    pick_rng, waited, t_wait = random.Random(args.seed), 0.0, time.time()
+
+    def batches():
+        nonlocal waited, t_wait
+        for rendered in loader:
+            waited += time.time() - t_wait
+            for k in range(args.reuse):
+                yield rendered if k == 0 else pick_questions(rendered, pick_rng)
+            t_wait = time.time()
+
+    for batch in batches():
+        if step == 20:
+            t_steps = time.time()
+        if step == 60 and not args.steps:  # the schedule's length from the measured speed
+            rate = 40 / (time.time() - t_steps)
+            total = step + int(rate * max(0.0, deadline - time.time()))
+        lr = lr_at(step, total, args.lr, warmup)
         for g in opt.param_groups:
             g["lr"] = lr
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
-            x, pos, y = assemble(adapter, batch, device)
-            hidden = model.model.language_model(inputs_embeds=x, position_ids=pos).last_hidden_state
-            logits = model.lm_head(hidden).float()
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), y[:, 1:].reshape(-1),
-                                                 ignore_index=-100)
+            logits, labels, tasks = batch_logits(adapter, batch, device, augment=True, generator=generator)
+        loss = row_loss(logits, labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        recent += letter_accuracy(logits.detach(), y, adapter)
+        recent_loss.append(float(loss.detach()))
+        recent_hits += [ok for _, ok in letter_hits(logits.detach(), labels, tasks, adapter)]
         step += 1
-        if step % 50 == 0:
-            row = {"step": step, "loss": round(float(loss.detach()), 4), "train_acc": round(sum(recent) / len(recent), 3),
-                   "lr": lr, "time": round(time.time(), 1)}
-            recent = []
+        if step % args.log_every == 0:
+            row = {"step": step, "of": total if total < 10**9 else None, "loss": round(sum(recent_loss) / len(recent_loss), 4),
+                   "train_letter_acc": round(sum(recent_hits) / max(1, len(recent_hits)), 3), "lr": round(lr, 6),
+                   "elapsed_s": round(time.time() - t_start, 1), "waiting_for_data_s": round(waited, 1)}
+            recent_loss, recent_hits = [], []
             print(json.dumps(row), flush=True)
             log.write(json.dumps(row) + "\n")
             log.flush()
-        if time.time() > deadline:
+        if time.time() - last_ckpt > CHECKPOINT_EVERY_S:
+            save_weights(model, out / "model.safetensors")
+            last_ckpt = time.time()
+        if step >= total or time.time() > deadline:
             break
-    model.eval()
-    acc = evaluate(adapter, processor, device, args.eval_batches, args.batch_size)
-    print(json.dumps({"step": step, "heldout": acc}), flush=True)
-    log.write(json.dumps({"step": step, "heldout": acc}) + "\n")
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    save_file(state, str(out / "model.safetensors"))  # lm_head is tied to the embeddings
+    train_s = time.time() - t_start
+    save_weights(model, out / "model.safetensors")
+    acc = evaluate(adapter, device, args.eval_batches, workers=min(args.workers, args.eval_batches))
+    info = {"steps": step, "schedule_steps": total, "train_seconds": round(train_s, 1), "seed": args.seed,
+            "resumed_from": args.resume, "lr": args.lr, "frames_per_batch": args.frames_per_batch,
+            "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "heldout_accuracy": acc}
+    print(json.dumps(info), flush=True)
+    log.write(json.dumps(info) + "\n")
+    (out / "training.json").write_text(json.dumps(info, indent=1) + "\n")
     if args.save_pretrained:
-        save_pretrained(model, processor, Path(args.save_pretrained), acc, step)
+        save_pretrained(model, processor, Path(args.save_pretrained), info)
     return 0
-
-
-def evaluate(adapter, processor, device, batches: int, batch_size: int) -> dict:
-    """Held-out accuracy per task (seeds never used in training), letter argmax at the answer."""
-    per_task: dict[str, list[bool]] = {t: [] for t in TASKS}
-    data = iter(ClipBatches(batch_size, seed=12345, held_out=True))
-    with torch.no_grad():
-        for _ in range(batches):
-            batch = next(data)
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
-                x, pos, y = assemble(adapter, batch, device)
-                logits = adapter.model.lm_head(adapter.model.model.language_model(
-                    inputs_embeds=x, position_ids=pos).last_hidden_state).float()
-            tasks = [task for qa in batch["qa"] for _, _, task in qa]
-            for task, ok in zip(tasks, letter_accuracy(logits, y, adapter)):
-                per_task[task].append(ok)
-    acc = {t: round(100 * sum(v) / len(v), 1) for t, v in per_task.items() if v}
-    acc["m_avg"] = round(sum(acc.values()) / len(acc), 1)
-    return acc
-
-
-def save_pretrained(model, processor, folder: Path, acc: dict, steps: int) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    model.to(torch.bfloat16).save_pretrained(folder, safe_serialization=True)
-    processor.save_pretrained(folder)
-    (folder / "training.json").write_text(json.dumps({"steps": steps, "heldout_accuracy": acc}, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,159 @@
+"""Trainer promises: it feeds the model what inference feeds it, and it learns."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from vidqa.synth.train import (HEIGHT, WIDTH, batch_logits, letter_hits, patchify, question_rows, row_loss,
+                               to_model_frames, video_template)
+from vidqa.synth.train_data import DESCRIBE, ClipBatches, batch_layout, make_clip
+
+
+@pytest.fixture(scope="module")
+def synth_adapter():
+    from vidqa.synth.model import build_model_and_processor
+    from vidqa.vlm.qwen2_5_vl import Qwen2_5_VLAdapter
+
+    model, processor = build_model_and_processor(seed=0)
+    return Qwen2_5_VLAdapter(model, processor, "synth-tiny")
+
+
+def _small_batch(chunks=2, clips=2, seed=3):
+    layout = dict(batch_layout(random.Random(seed)), chunks=chunks)
+    items = [make_clip(100 + i, chunks, layout["offset"]) for i in range(clips)]
+    qa = [questions[:2] + questions[-1:] for _, _, questions in items]
+    return {"frames": torch.from_numpy(np.stack([f for f, _, _ in items])), "times": items[0][1], "qa": qa, **layout}
+
+
+def test_clips_have_every_task_and_a_description():
+    tasks = set()
+    for seed in range(12):
+        frames, times, questions = make_clip(seed, 3, 600.0)
+        assert frames.shape == (48, 126, 224, 3) and frames.dtype == np.uint8
+        assert times[0] == 600.0 and times[-1] == 647.0
+        assert questions[-1].prompt == DESCRIBE and questions[-1].target.startswith("a ")
+        for q in questions[:-1]:
+            assert q.target.startswith(f"{q.letter}) ") and f"({q.letter}) {q.target[3:]}" in q.prompt
+        tasks |= {q.task for q in questions}
+    assert tasks >= {"findNeedle", "count", "order", "anomaly_reco", "plotQA", "grounding", "describe"}
+
+
+def test_grounding_options_move_with_the_offset():
+    _, _, near = make_clip(5, 2, 0.0)
+    _, _, far = make_clip(5, 2, 3600.0)
+    g0 = [q for q in near if q.task == "grounding"]
+    g1 = [q for q in far if q.task == "grounding"]
+    assert g0 and len(g0) == len(g1)
+    assert g0[0].target[3:].startswith("00:00:") and g1[0].target[3:].startswith("01:00:")
+
+
+def test_model_frames_match_what_the_processor_makes_of_a_448x252_video():
+    """Rendering at 224x126 and resizing on the device stands in for decoding 448x252 and the processor."""
+    from vidqa.synth.model import build_model_and_processor
+    from vidqa.synth.render import render_frame
+    from vidqa.synth.timeline import make_timeline
+
+    _, processor = build_model_and_processor()
+    tl = make_timeline(4, 16)
+    big = np.stack([render_frame(tl, float(t), 448, 252) for t in range(4)])
+    small = np.stack([render_frame(tl, float(t), 224, 126) for t in range(4)])
+    ref = processor.video_processor(videos=[big], return_tensors="pt", do_sample_frames=False,
+                                    cap_pixels_per_frame=False)
+    assert ref["video_grid_thw"].tolist() == [[2, HEIGHT // 14, WIDTH // 14]]
+    ours = patchify(to_model_frames(torch.from_numpy(small[None])), processor)
+    assert ours.shape == ref["pixel_values_videos"].shape
+    # Normalised units (std ~0.27 per level-255 range): the two paths differ by edge sharpness only.
+    assert (ours - ref["pixel_values_videos"]).abs().mean() < 0.12
+
+
+def test_patchify_equals_the_processor():
+    from vidqa.synth.model import build_model_and_processor
+
+    _, processor = build_model_and_processor()
+    frames = np.random.default_rng(0).integers(0, 256, (4, HEIGHT, WIDTH, 3), dtype=np.uint8)
+    ref = processor.video_processor(videos=[frames], return_tensors="pt", do_sample_frames=False,
+                                    cap_pixels_per_frame=False)["pixel_values_videos"]
+    torch.testing.assert_close(patchify(torch.from_numpy(frames[None]), processor), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_rows_over_a_shared_video_cache_equal_whole_sequences(synth_adapter):
+    """Each question row answered over its clip's cached video equals the full sequence run at once,
+    and the layout is the one ingest builds (same ids, same positions)."""
+    a = synth_adapter
+    batch = _small_batch()
+    with torch.no_grad():
+        logits, labels, tasks = batch_logits(a, batch, "cpu")
+    model = a.model
+    frames = to_model_frames(batch["frames"])
+    ids, is_visual, positions, next_pos = video_template(a, batch, (8, 16))
+    q_ids, q_labels, q_pos, clip_of_row, _ = question_rows(a, batch, next_pos)
+    assert torch.equal(q_labels, labels)
+    for r in range(len(tasks)):
+        clip = int(clip_of_row[r])
+        toks = a.encode(frames[clip].numpy().astype(np.uint8), batch["times"], 0)
+        video = a.embed_ids(ids).clone()
+        video[is_visual] = toks.embeds
+        embeds = torch.cat([video, a.embed_ids(q_ids[r])])
+        pos = torch.cat([positions, q_pos[:, r]], dim=1)
+        with torch.no_grad():
+            full = a.forward(embeds, pos, None, logits_for="all")
+        torch.testing.assert_close(logits[r], full[len(ids):], atol=2e-4, rtol=1e-4)
+
+
+def test_layout_equals_streaming_ingest_prompt(synth_adapter):
+    """The trainer's token ids around the chunks are the ones ingest feeds (prefix, <mm:ss>, markers)."""
+    a = synth_adapter
+    batch = dict(_small_batch(chunks=2), gap=0, chunk_gaps=[0, 0])
+    ids, is_visual, positions, _ = video_template(a, batch, (8, 16))
+    expect = [a.tokenize(a.prompt_prefix())]
+    for c in range(2):
+        expect += [a.tokenize(a.chunk_open(batch["times"][16 * c])), torch.zeros(256, dtype=torch.long),
+                   a.tokenize(a.chunk_close())]
+    assert torch.equal(ids, torch.cat(expect))
+    assert int(is_visual.sum()) == 512
+    assert positions.shape == (3, len(ids)) and bool((positions[:, 1:] >= 0).all())
+
+
+def test_a_few_steps_lower_the_loss(synth_adapter):
+    """Sanity of the whole step: on one fixed batch, 25 AdamW steps cut the loss well down."""
+    from vidqa.synth.model import build_model_and_processor
+    from vidqa.vlm.qwen2_5_vl import Qwen2_5_VLAdapter
+
+    model, processor = build_model_and_processor(seed=1)
+    a = Qwen2_5_VLAdapter(model, processor, "synth-tiny")
+    model.train()
+    batch = _small_batch(chunks=1, clips=2)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(25):
+        logits, labels, tasks = batch_logits(a, batch, "cpu")
+        loss = row_loss(logits, labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert all(isinstance(ok, bool) for _, ok in letter_hits(logits.detach(), labels, tasks, a))
+
+
+def test_batches_share_one_layout_and_keep_questions_bounded():
+    data = iter(ClipBatches(0, frames_per_batch=64))
+    for _ in range(3):
+        b = next(data)
+        n, t = b["frames"].shape[:2]
+        assert t == 16 * b["chunks"] and n == max(1, 64 // t) and len(b["qa"]) == n
+        assert all(1 <= len(q) <= 6 for q in b["qa"])
+
+
+def test_augmentation_is_mild_and_seeded():
+    frames, _, _ = make_clip(2, 1, 0.0)
+    x = torch.from_numpy(frames[None, :4]).repeat(3, 1, 1, 1, 1)
+    plain = to_model_frames(x)
+    a = to_model_frames(x, augment=True, generator=torch.Generator().manual_seed(0))
+    b = to_model_frames(x, augment=True, generator=torch.Generator().manual_seed(0))
+    assert a.shape == plain.shape == (3, 4, HEIGHT, WIDTH, 3) and torch.equal(a, b)
+    assert float(a.min()) >= 0 and float(a.max()) <= 255
+    diff = (a - plain).abs().mean(dim=(1, 2, 3, 4))
+    assert bool((diff < 12).all()) and float(diff.max()) > 0.1  # changed, but the content is intact

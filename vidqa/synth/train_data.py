@@ -1,0 +1,137 @@
+"""Training examples for the bundled ``synth-tiny`` model, made on CPU workers.
+
+An example is a clip of 1-6 chunks (16 s each, 1 fps) of the synthetic world, rendered straight
+from its timeline at 224x126 (the world's 16:9; the GPU resizes it to what the processor makes of
+a 448x252 video), with every question the timeline supports:
+
+* the seven MLVU-style multiple-choice tasks of :mod:`vidqa.synth.questions`, answered as
+  ``"b) red"`` after MLVU's ``Best Option: (`` -- the option letter, then the option's text, so the
+  loss also asks for what was seen and not only for a letter (denser supervision than one token);
+* ``Describe the video.``, answered with :func:`vidqa.synth.describe.describe` of the clip: one
+  sentence per scene, object, card and anomaly, the densest perception signal the world has.
+
+Long-video augmentation, shared by the clips of a batch so that they share one text layout: the clip
+sits at a random time in a virtual video of up to three hours (chunk timestamps and grounding
+options move with it), and random position gaps come before the first chunk, between chunks and
+before the question -- what retrieval with ``positions="original"`` hands the model in an hour-long
+video, where the blocks kept are far apart from each other and from the question.
+
+Seeds below :data:`HELD_OUT_SEED_BASE` are for training, those above for evaluation.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vidqa.mcq import MC_ANSWER_PREFIX, format_mc_question, letter
+from vidqa.synth.describe import describe
+from vidqa.synth.questions import clock, make_questions
+from vidqa.synth.render import render_frame
+from vidqa.synth.timeline import make_timeline
+
+RENDER_WIDTH, RENDER_HEIGHT = 224, 126
+CHUNK = 16  # frames per chunk, as vidqa ingests (VideoConfig.chunk_frames)
+MAX_CHUNKS = 6
+FRAMES_PER_BATCH = 768  # clips per batch = this // clip frames: long clips come in smaller batches
+QUESTIONS_PER_CLIP = 6
+HELD_OUT_SEED_BASE = 10_000_000
+DESCRIBE = "Describe the video."
+DENSE = dict(object_every=5.0, card_every=9.0, scene_every=14.0)
+
+
+@dataclass
+class QA:
+    """One question of a clip: the user text, the answer prefix, the supervised answer, its task and,
+    for multiple choice, the correct letter (``"B"``) and the number of options."""
+
+    prompt: str
+    prefix: str
+    target: str
+    task: str
+    letter: str | None = None
+
+
+def shift_clock(text: str, offset: float) -> str:
+    h, m, s = (int(x) for x in text.split(":"))
+    return clock(h * 3600 + m * 60 + s + offset)
+
+
+def clip_questions(tl, seed: int, offset: float) -> list[QA]:
+    """Every multiple-choice question ``tl`` supports (up to two per task) and its description."""
+    out = []
+    for q in make_questions(tl, seed, per_task=2):
+        candidates, answer = list(q["candidates"]), q["answer"]
+        if q["question_type"] == "grounding":
+            candidates = [shift_clock(c, offset) for c in candidates]
+            answer = shift_clock(answer, offset)
+        mark = letter(candidates.index(answer))
+        out.append(QA(format_mc_question(q["question"], candidates), MC_ANSWER_PREFIX, f"{mark}) {answer}",
+                      q["question_type"], mark))
+    out.append(QA(DESCRIBE, "", describe(tl, 0.0, tl.duration), "describe"))
+    return out
+
+
+def make_clip(seed: int, chunks: int, offset: float, dense: bool = True):
+    """(frames uint8 ``[T, 126, 224, 3]``, times ``[T]`` s, questions) of one clip of ``chunks`` chunks."""
+    duration = chunks * CHUNK
+    tl = make_timeline(seed, duration, **(DENSE if dense else {}))
+    frames = np.stack([render_frame(tl, float(t), RENDER_WIDTH, RENDER_HEIGHT) for t in range(duration)])
+    times = np.arange(duration, dtype=np.float64) + offset
+    return frames, times, clip_questions(tl, seed, offset)
+
+
+def batch_layout(rng: random.Random, held_out: bool = False) -> dict:
+    """The shared part of a batch: chunk count, time offset and position gaps."""
+    chunks = rng.randint(1, MAX_CHUNKS)
+    far = rng.random() < 0.7
+    return {
+        "chunks": chunks,
+        "offset": float(rng.randrange(0, 3 * 3600 - chunks * CHUNK, 2)) if far else 0.0,
+        "gap": rng.randrange(0, 20_000) if far and rng.random() < 0.7 else 0,
+        "chunk_gaps": [rng.randrange(0, 2_000) if far and rng.random() < 0.5 else 0 for _ in range(chunks)],
+        "question_gap": rng.randrange(0, 4_000) if far and rng.random() < 0.5 else 0,
+        "dense": held_out or rng.random() < 0.75,
+    }
+
+
+def pick_questions(batch: dict, rng: random.Random, per_clip: int = QUESTIONS_PER_CLIP) -> dict:
+    """``batch`` with at most ``per_clip`` questions per clip (the description half of the time), so
+    that a batch trained on twice is asked different questions each time."""
+    qa = []
+    for questions in batch["all_qa"]:
+        mc = [q for q in questions if q.task != "describe"]
+        rng.shuffle(mc)
+        keep = mc[:per_clip - 1]
+        if rng.random() < 0.5 or not keep:
+            keep.append(questions[-1])
+        qa.append(keep)
+    return {**batch, "qa": qa}
+
+
+class ClipBatches(torch.utils.data.IterableDataset):
+    """Endless batches ``{"frames": uint8 [B, T, 126, 224, 3], "times": [T], "qa": [[QA]], "all_qa",
+    layout...}``: ``qa`` is one :func:`pick_questions` draw of ``all_qa``, every question of each clip.
+
+    Each worker draws from its own generator (``seed``, worker id), so a run is reproducible for a
+    given worker count.
+    """
+
+    def __init__(self, seed: int, held_out: bool = False, frames_per_batch: int = FRAMES_PER_BATCH):
+        self.seed, self.held_out, self.frames_per_batch = seed, held_out, frames_per_batch
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        rng = random.Random(self.seed * 1000 + (info.id if info else 0))
+        base = HELD_OUT_SEED_BASE if self.held_out else 0
+        while True:
+            layout = batch_layout(rng, self.held_out)
+            n = max(1, self.frames_per_batch // (layout["chunks"] * CHUNK))
+            clips = [make_clip(base + rng.randrange(HELD_OUT_SEED_BASE), layout["chunks"], layout["offset"],
+                               layout["dense"]) for _ in range(n)]
+            batch = {"frames": torch.from_numpy(np.stack([f for f, _, _ in clips])), "times": clips[0][1],
+                     "all_qa": [questions for _, _, questions in clips], **layout}
+            yield pick_questions(batch, rng)

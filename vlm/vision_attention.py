@@ -1,0 +1,85 @@
+"""Packed attention for Qwen2-VL / Qwen2.5-VL vision towers without flash-attn.
+
+The Qwen2.5-VL vision tower (Bai et al., 2025) attends inside 112-pixel windows in most blocks and
+inside each temporal grid in a few: a sequence of segments given by ``cu_seqlens``. With SDPA or
+eager attention, transformers runs one attention call per segment from a Python loop: at 448x448 a
+16-frame chunk has 8 grids x 16 windows, so 128 calls per window block and about 3,600 per chunk for
+the 7B tower, each on a 64-token problem too small to fill a GPU. That loop, not the matrix work,
+is most of the vision time (shared REFERENCES: the tower reaches ~10% of the matmul throughput).
+
+:func:`packed_vision_attention` switches a vision tower, for the duration of a ``with`` block, to
+:func:`varlen_sdpa`: segments of equal length are stacked into one batch and attended by one SDPA
+call (a frame's windows are all equal except at the right and bottom edges, so a chunk needs one to
+four calls per block). Exact: every segment still attends only to itself.
+
+transformers hands the segment boundaries (``cu_seq_lens_q``) only to attention implementations
+whose name contains "flash" (``is_flash_attention_requested``); the registered name says so for that
+reason, not because it is FlashAttention. A tower already set to a real flash implementation is left
+as it is.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+NAME = "vidqa_flash_varlen_sdpa"
+_registered = False
+
+
+def varlen_sdpa(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0,
+                cu_seq_lens_q=None, is_causal=False, **kwargs):
+    """Non-causal attention within segments.
+
+    ``query/key/value``: ``[1, H, N, D]``; ``cu_seq_lens_q``: ``[S + 1]`` cumulative segment
+    boundaries tiling ``[0, N)``. Returns ``([1, N, H, D], None)`` as transformers' flash functions do.
+    """
+    if cu_seq_lens_q is None:  # one segment: plain attention
+        cu = [0, query.shape[2]]
+    else:
+        cu = [int(x) for x in cu_seq_lens_q.tolist()]  # one host sync per block
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [N, H, D]
+    n_tokens, heads, dim = q.shape
+    starts = torch.tensor(cu[:-1])
+    lengths = torch.tensor(cu[1:]) - starts
+    if (lengths == lengths[0]).all() and lengths[0] > 0:  # the common case: a plain reshape
+        seg = int(lengths[0])
+        stack = [t.reshape(-1, seg, heads, dim).transpose(1, 2) for t in (q, k, v)]
+        out = torch.nn.functional.scaled_dot_product_attention(*stack, scale=scaling)  # [S, H, seg, D]
+        return out.transpose(1, 2).reshape(1, n_tokens, heads, dim), None
+    out = q.new_empty(n_tokens, heads, dim)
+    for length in torch.unique(lengths).tolist():
+        if length == 0:
+            continue
+        idx = (starts[lengths == length][:, None] + torch.arange(length)).to(q.device)  # [n, length]
+        stack = [t[idx].transpose(1, 2) for t in (q, k, v)]  # [n, H, length, D]
+        o = torch.nn.functional.scaled_dot_product_attention(*stack, scale=scaling)
+        out[idx] = o.transpose(1, 2)
+    return out.unsqueeze(0), None
+
+
+def _register() -> None:
+    global _registered
+    if not _registered:
+        from transformers import AttentionInterface
+
+        AttentionInterface.register(NAME, varlen_sdpa)
+        _registered = True
+
+
+@contextmanager
+def packed_vision_attention(vision_tower: torch.nn.Module):
+    """Within the block, ``vision_tower`` (a Qwen2-VL/Qwen2.5-VL vision model) attends with
+    :func:`varlen_sdpa`, unless it already uses a flash implementation; restored afterwards."""
+    config = vision_tower.config
+    previous = config._attn_implementation
+    if previous and "flash" in previous:
+        yield
+        return
+    _register()
+    try:
+        config._attn_implementation = NAME
+        yield
+    finally:
+        config._attn_implementation = previous
