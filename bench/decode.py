@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 METHODS = ["sequential", "pyav_1fps", "decord_1fps", "last_sample_1fps",
            "pyav_sparse", "decord_sparse", "last_sample_sparse"]

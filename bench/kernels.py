@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vidqa.kernels.block_attention import block_attention  # noqa: E402
 from vidqa.kernels.quant import dequantize_kv, quantize_kv  # noqa: E402

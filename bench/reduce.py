@@ -33,7 +33,6 @@ projection excluded). Columns:
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +40,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vidqa.synth import Timeline, make_timeline, render_frame  # noqa: E402
 from vidqa.tokenreduce import DEFAULT_CHAIN, build_chain  # noqa: E402
