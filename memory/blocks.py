@@ -3,7 +3,8 @@
 A block is the language model's KV of one chunk of video (its timestamp text, vision markers and
 visual tokens) for every layer, kept on the host, plus what retrieval needs without touching the
 KV itself: a summary key per layer and KV head (the mean of the block's visual keys, as InfLLM's
-representative keys and ReKV's per-frame mean keys), the block's time span and its position range.
+representative keys and ReKV's per-frame mean keys), the block's time span and its position range,
+and a :class:`GridRecord` -- per temporal grid, what the question-aware budget scores at ask time.
 """
 
 from __future__ import annotations
@@ -13,6 +14,49 @@ from dataclasses import dataclass, field
 import torch
 
 from vidqa.memory.storage import StoredKV
+from vidqa.tokens import VisualTokens
+
+
+@dataclass
+class GridRecord:
+    """Question-agnostic record of the temporal grids (frame groups) of one block, kept at ingest so
+    that a question can share a visual-token budget between grids without the block's tokens.
+
+    ``t`` int64 ``[G]``: the grids' global indices (ascending); ``frame`` int64 ``[G]`` / ``time``
+    float64 ``[G]``: index and time (s) of each grid's first surviving frame; ``embeds`` float32
+    ``[G, D]``: each grid's mean visual token (as the embedding scorer means a grid's tokens);
+    ``entry_t`` int64 ``[num_visual]``: the grid ``t`` of each visual KV entry, in entry order;
+    ``segment_starts``: grid ``t`` of the segment starts the temporal reducer found in this chunk.
+    About ``4 D`` bytes per grid plus 8 per token, against tens of KiB of KV per token.
+    """
+
+    t: torch.Tensor
+    frame: torch.Tensor
+    time: torch.Tensor
+    embeds: torch.Tensor
+    entry_t: torch.Tensor
+    segment_starts: list[int] = field(default_factory=list)
+
+    @staticmethod
+    def of(tokens: VisualTokens) -> "GridRecord":
+        """The record of a chunk's (reduced) tokens, in the order ingest stores them."""
+        groups = tokens.frame_groups()
+        # tokens keep frame-major order, so a grid's first token carries its first frame
+        first = torch.tensor([int(g[0]) for g in groups], dtype=torch.long)
+        means = [tokens.embeds[g.to(tokens.embeds.device)].float().mean(0) for g in groups]
+        return GridRecord(
+            t=tokens.grid[first, 0].cpu().long(),
+            frame=tokens.frame[first].cpu().long(),
+            time=tokens.time[first].cpu().double(),
+            embeds=torch.stack(means).cpu() if means else torch.zeros(0, tokens.dim),
+            entry_t=tokens.grid[:, 0].cpu().long().contiguous(),  # a copy, not a view of the grid
+            segment_starts=[int(s) for s in tokens.extra.get("segment_starts", [])],
+        )
+
+    @property
+    def counts(self) -> torch.Tensor:
+        """Visual entries stored per grid, int64 ``[G]``."""
+        return torch.bincount(torch.searchsorted(self.t, self.entry_t), minlength=self.t.numel())
 
 
 @dataclass
@@ -22,7 +66,8 @@ class KVBlock:
     ``visual``: bool ``[n]``, which entries are visual tokens (the rest is prompt text, protected from
     compression); ``summary``: float32 ``[L, Hkv, Dh]``; ``start``/``end``: sequence positions the
     chunk occupies (``end`` exclusive, = where the next chunk starts); ``t_start``/``t_end``:
-    seconds covered; ``frames``: sampled-frame indices with at least one surviving token.
+    seconds covered; ``frames``: sampled-frame indices with at least one surviving token; ``grids``:
+    the per-grid record the question-aware budget reads (:class:`GridRecord`).
     """
 
     keys: StoredKV
@@ -35,6 +80,7 @@ class KVBlock:
     t_end: float
     frames: torch.Tensor
     tokens_before_reduction: int
+    grids: GridRecord | None = None  # None only for blocks built by hand (no question-aware budget)
 
     @property
     def num_tokens(self) -> int:
@@ -67,6 +113,11 @@ class VideoMemory:
     @property
     def num_visual_tokens(self) -> int:
         return sum(b.num_visual for b in self.blocks)
+
+    @property
+    def segment_starts(self) -> list[int]:
+        """Grid ``t`` of every segment start found at ingest, in time order (all chunks)."""
+        return [s for b in self.blocks if b.grids is not None for s in b.grids.segment_starts]
 
     @property
     def host_bytes(self) -> int:

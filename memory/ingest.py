@@ -25,7 +25,7 @@ import torch
 from transformers import DynamicCache
 
 from vidqa.config import MemoryConfig
-from vidqa.memory.blocks import KVBlock, VideoMemory
+from vidqa.memory.blocks import GridRecord, KVBlock, VideoMemory
 from vidqa.memory.cache import cache_from, cache_length, cache_tail
 from vidqa.memory.storage import StoredKV
 from vidqa.tokens import VisualTokens
@@ -96,6 +96,7 @@ class StreamingIngest:
             t_end=float(t_end),
             frames=torch.unique(tokens.frame).cpu(),
             tokens_before_reduction=layout.num_tokens,
+            grids=GridRecord.of(tokens),
         )
         self.blocks.append(block)
         self.position = block.end

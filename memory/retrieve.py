@@ -18,15 +18,20 @@ from vidqa.kernels.block_score import block_scores
 from vidqa.memory.blocks import KVBlock
 
 
+def score_keys(queries: list[torch.Tensor], keys: torch.Tensor) -> torch.Tensor:
+    """Scores ``[B]`` of ``keys [B, L, Hkv, Dh]`` (one key per layer and KV head for each of ``B``
+    items) from per-layer queries ``[Hq, Lq, Dh]``: the formula above, by the
+    :mod:`vidqa.kernels.block_score` op (Triton on GPU, its reference on CPU). An item is a block's
+    summary here, a single KV entry in the ask-time budget (:mod:`vidqa.memory.budget`)."""
+    q = torch.stack([qi.float() for qi in queries])  # [L, Hq, Lq, Dh]
+    return block_scores(q, keys.to(q.device)).cpu()
+
+
 def score_blocks(queries: list[torch.Tensor], blocks: list[KVBlock]) -> torch.Tensor:
-    """Scores ``[num_blocks]`` from per-layer queries ``[Hq, Lq, Dh]`` and the blocks' summaries
-    (the :mod:`vidqa.kernels.block_score` op: Triton on GPU, its reference on CPU)."""
+    """Scores ``[num_blocks]`` of the blocks' summaries (:func:`score_keys`)."""
     if not blocks:
         return torch.zeros(0)
-    device = queries[0].device
-    summary = torch.stack([b.summary for b in blocks]).to(device)  # [B, L, Hkv, Dh]
-    q = torch.stack([qi.float() for qi in queries])  # [L, Hq, Lq, Dh]
-    return block_scores(q, summary).cpu()
+    return score_keys(queries, torch.stack([b.summary for b in blocks]))  # [B, L, Hkv, Dh]
 
 
 def select_blocks(scores: torch.Tensor, blocks: list[KVBlock], token_budget: int,

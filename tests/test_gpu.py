@@ -60,3 +60,19 @@ def test_pipeline_on_cuda_with_quantized_memory(tmp_path):
     qa = VideoQA(model="tiny-random/qwen2_5_vl", config=config, device="cuda")
     answer = qa.ask(clip, "What?", options=["a", "b"])
     assert answer.tokens["visual_attended"] <= 200 and answer.text is not None
+
+
+def test_question_aware_budget_on_cuda_is_met_exactly(tmp_path):
+    """The ask-time budget with the Triton entry scores and int8 KV: exactly its entries come back."""
+    from vidqa.config import MemoryConfig, VidqaConfig, VideoConfig
+    from vidqa.pipeline import VideoQA
+
+    from videos import make_video
+
+    clip = make_video(tmp_path / "c.mp4", 64, fps=4, width=64, height=48)
+    config = VidqaConfig(video=VideoConfig(chunk_frames=4), memory=MemoryConfig(kv_bits=8),
+                         reducers="temporal:keep_ratio=0.5,budget:token_budget=50",
+                         cache_dir=str(tmp_path / "cache"), max_new_tokens=4)
+    qa = VideoQA(model="tiny-random/qwen2_5_vl", config=config, device="cuda")
+    answer = qa.ask(clip, "What?")
+    assert answer.tokens["visual_attended"] == 50 < answer.tokens["visual_stored"] and answer.spans

@@ -1,44 +1,25 @@
 """Memory promises: streaming ingest + recall equals the full-context forward; bounded context;
 retrieval finds a planted needle; compression at full budget is the identity."""
 
-import numpy as np
 import pytest
 import torch
 from transformers import DynamicCache
 
 from vidqa.config import MemoryConfig
-from vidqa.memory import StreamingIngest, recall
+from vidqa.memory import recall
 from vidqa.memory.compress import compress_layer
 from vidqa.memory.retrieve import select_blocks
 
+from memory_data import ingest, random_chunks
 from sequences import one_shot_sequence
-
-
-def _chunks(adapter, n_chunks, frames_per_chunk=4, seed=0):
-    rng = np.random.default_rng(seed)
-    side = 16 if adapter.family == "llava_onevision" else 32
-    out = []
-    for c in range(n_chunks):
-        frames = rng.integers(0, 256, (frames_per_chunk, side, side, 3), dtype=np.uint8)
-        times = np.arange(frames_per_chunk, dtype=float) + c * frames_per_chunk
-        tokens = adapter.encode(frames, times, first_index=c * frames_per_chunk)
-        out.append((tokens, adapter.chunk_layout(tokens), float(times[-1] + 1)))
-    return out
-
-
-def _ingest(adapter, chunks, config):
-    ing = StreamingIngest(adapter, config)
-    for tokens, layout, t_end in chunks:
-        ing.add_chunk(tokens, layout, t_end)
-    return ing.finish(model=adapter.name, video={}, config_key="k", stats={})
 
 
 @pytest.mark.parametrize("fixture", ["qwen_adapter", "llava_adapter"])
 def test_streaming_ingest_and_recall_equal_full_forward(request, fixture):
     adapter = request.getfixturevalue(fixture)
-    chunks = _chunks(adapter, 4)
+    chunks = random_chunks(adapter, 4)
     config = MemoryConfig(window_chunks=10, recurrent_tokens=0, token_budget=10**6)
-    memory = _ingest(adapter, chunks, config)
+    memory = ingest(adapter, chunks, config)
     question = adapter.prompt_question("What happened?")
     q_ids = adapter.tokenize(question)
     rec = recall(adapter, memory, adapter.embed_ids(q_ids), config)
@@ -53,7 +34,7 @@ def test_window_bounds_the_context_whatever_the_length(qwen_adapter):
     config = MemoryConfig(window_chunks=1, recurrent_tokens=2, recurrent_capacity=4)
     peaks = []
     for n in (5, 12):
-        memory = _ingest(qwen_adapter, _chunks(qwen_adapter, n), config)
+        memory = ingest(qwen_adapter, random_chunks(qwen_adapter, n), config)
         peaks.append(memory.stats["peak_context_tokens"])
         assert len(memory.blocks) == n
     assert peaks[0] == peaks[1]  # bounded: sinks + capacity + window + chunk, not the history
@@ -63,9 +44,9 @@ def test_window_bounds_the_context_whatever_the_length(qwen_adapter):
 def test_compact_positions_shift_blocks_together(request, fixture):
     """Re-rotation by a delta is invertible; compact recall closes the gap of a skipped block."""
     adapter = request.getfixturevalue(fixture)
-    chunks = _chunks(adapter, 3)
+    chunks = random_chunks(adapter, 3)
     config = MemoryConfig(window_chunks=10, recurrent_tokens=0, token_budget=10**6, positions="compact")
-    memory = _ingest(adapter, chunks, config)
+    memory = ingest(adapter, chunks, config)
     block = memory.blocks[1]
     dev = adapter.device
     moved = adapter.rotate_keys(block.keys.unpack(dev), -7)
@@ -142,9 +123,9 @@ def test_compression_at_full_budget_is_identity_and_merging_preserves_mass():
 
 def test_recall_with_small_budget_attends_fewer_tokens(qwen_adapter):
     adapter = qwen_adapter
-    chunks = _chunks(adapter, 4)
+    chunks = random_chunks(adapter, 4)
     config = MemoryConfig(window_chunks=2, token_budget=40, compress_ratio=0.5)
-    memory = _ingest(adapter, chunks, config)
+    memory = ingest(adapter, chunks, config)
     q = adapter.embed_ids(adapter.tokenize(adapter.prompt_question("Where?")))
     rec = recall(adapter, memory, q, config)
     chosen_visual = sum(memory.blocks[i].num_visual for i in rec.blocks)
@@ -158,7 +139,7 @@ def test_recall_with_small_budget_attends_fewer_tokens(qwen_adapter):
 @pytest.mark.parametrize("fixture", ["qwen_adapter", "llava_adapter"])
 def test_rotating_keys_by_a_delta_equals_prefilling_at_the_shifted_position(request, fixture):
     adapter = request.getfixturevalue(fixture)
-    tokens, layout, _ = _chunks(adapter, 1)[0]
+    tokens, layout, _ = random_chunks(adapter, 1)[0]
     keys = []
     for start in (40, 40 + 123):
         cache = DynamicCache()
@@ -189,9 +170,9 @@ def test_pyramid_pruning_keeps_fewer_entries_in_deeper_layers(qwen_adapter):
     from vidqa.memory.attention import uneven_attention
 
     a = qwen_adapter
-    chunks = _chunks(a, 3)
+    chunks = random_chunks(a, 3)
     full_cfg = MemoryConfig(window_chunks=10, recurrent_tokens=0, token_budget=10**6)
-    memory = _ingest(a, chunks, full_cfg)
+    memory = ingest(a, chunks, full_cfg)
     q = a.embed_ids(a.tokenize(a.prompt_question("Where?")))
     same = recall(a, memory, q, MemoryConfig(**{**full_cfg.__dict__, "layer_keep": "1:1.0"}))
     assert not same.uneven

@@ -10,15 +10,19 @@ from vidqa.config import MemoryConfig
 from vidqa.errors import CacheError
 from vidqa.memory import StreamingIngest
 from vidqa.memory.persist import MANIFEST, TENSORS, load_memory, save_memory
+from vidqa.tokenreduce import TemporalReducer
 
 
 def _ingest(adapter, kv_bits=16):
+    """Three chunks reduced by the temporal reducer, so that blocks carry segment starts."""
     rng = np.random.default_rng(0)
     ing = StreamingIngest(adapter, MemoryConfig(window_chunks=1, kv_bits=kv_bits))
+    scenes = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    frames = scenes[[0] * 6 + [1] * 6]  # a cut at grid 3, inside the second chunk
+    temporal = TemporalReducer(keep_ratio=0.5).stream()
     for c in range(3):
-        frames = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
-        tokens = adapter.encode(frames, np.arange(4.0) + 4 * c, first_index=4 * c)
-        ing.add_chunk(tokens, adapter.chunk_layout(tokens), 4.0 * c + 4)
+        tokens = adapter.encode(frames[4 * c:4 * c + 4], np.arange(4.0) + 4 * c, first_index=4 * c)
+        ing.add_chunk(temporal(tokens), adapter.chunk_layout(tokens), 4.0 * c + 4)
     return ing.finish("tiny-random/qwen2_5_vl", {"path": "x.mp4"}, "key1", {"timings": {"total": 1.0}})
 
 
@@ -49,6 +53,10 @@ def test_round_trip_is_exact(memory, tmp_path):
         assert torch.equal(a.values.unpack("cpu"), b.values.unpack("cpu"))
         assert torch.equal(a.visual, b.visual) and torch.equal(a.summary, b.summary)
         assert (a.start, a.end, a.t_start, a.t_end) == (b.start, b.end, b.t_start, b.t_end)
+        for name in ("t", "frame", "time", "embeds", "entry_t"):  # the grid record the ask-time budget reads
+            x, y = getattr(a.grids, name), getattr(b.grids, name)
+            assert x.dtype == y.dtype and torch.equal(x, y), name
+    assert back.segment_starts == memory.segment_starts == [0, 3]
     assert back.video == {"path": "x.mp4"} and back.stats["timings"]["total"] == 1.0
 
 
@@ -75,10 +83,11 @@ def test_stale_or_missing_manifest_is_detected(memory, tmp_path):
     with pytest.raises(CacheError, match="stale"):
         load_memory(tmp_path / "m", {"config_key": "other"})
     manifest = json.loads((tmp_path / "m" / MANIFEST).read_text())
-    manifest["format"] = 999
-    (tmp_path / "m" / MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(CacheError, match="format"):
-        load_memory(tmp_path / "m")
+    for old in (1, 999):  # format 1 had no grid records: rebuilt, never half-used
+        manifest["format"] = old
+        (tmp_path / "m" / MANIFEST).write_text(json.dumps(manifest))
+        with pytest.raises(CacheError, match="format"):
+            load_memory(tmp_path / "m")
     (tmp_path / "m" / MANIFEST).unlink()
     with pytest.raises(CacheError, match="manifest"):
         load_memory(tmp_path / "m")

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from tokenreduce_data import REDUCING, assert_same_tokens, chunks, make_tokens, source_rows
 
 from vidqa.errors import ConfigError
-from vidqa.tokenreduce import DEFAULT_CHAIN, REDUCERS, build_chain, build_reducer
+from vidqa.tokenreduce import DEFAULT_CHAIN, REDUCERS, agnostic_spec, build_chain, build_reducer
 from vidqa.tokenreduce.counts import Quota, allocate, round_half_up
 
 AGNOSTIC = sorted(n for n, c in REDUCERS.items() if not c.question_aware)
@@ -119,6 +119,7 @@ def test_chain_spec_parsing_split_and_errors():
     assert build_chain("temporal:threshold=0.9:merge=yes").reducers[0].merge is True
     assert len(build_chain("")) == 0 and build_chain("").split() == (None, None)
     assert [r.name for r in build_chain(DEFAULT_CHAIN).reducers] == ["temporal", "tome", "budget"]
+    assert agnostic_spec(" temporal:keep_ratio=0.5 ,budget:token_budget=9,tome") == "temporal:keep_ratio=0.5,tome"
     with pytest.raises(ConfigError, match="unknown reducer 'magic'; valid: budget, pool, temporal, tome"):
         build_chain("magic:keep_ratio=0.5")
     for bad in ("tome:keep_ratio=2", "tome:speed=3", "tome:window=1.5", "temporal:merge=maybe",

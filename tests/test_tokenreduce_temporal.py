@@ -5,7 +5,7 @@ import torch
 from tokenreduce_data import (assert_same_tokens, chunks, gradient_frames, make_tokens, pattern_tokens,
                               source_rows, tokens_from)
 
-from vidqa.tokenreduce import TemporalReducer
+from vidqa.tokenreduce import BudgetReducer, TemporalReducer
 from vidqa.tokens import VisualTokens
 
 cos = torch.nn.functional.cosine_similarity
@@ -101,8 +101,15 @@ def test_scene_cuts_are_segment_starts_whole_or_streamed():
     change = out.extra["change"]
     assert np.isnan(change[0]) and change[5] > 0.5 and max(change[1:5] + change[6:]) < 0.1
     stream = TemporalReducer(keep_ratio=0.5).stream()
-    starts = [s for c in chunks(tokens, 3) for s in stream(c).extra["segment_starts"]]
-    assert starts == [0, 5] == stream.state["segment_starts"]
+    parts = [stream(c) for c in chunks(tokens, 3)]
+    assert [s for p in parts for s in p.extra["segment_starts"]] == [0, 5] == stream.state["segment_starts"]
+    # joined, the chunks carry every chunk's starts and changes (the cut at 5 is in the second
+    # chunk), so the question-aware budget sees both segments
+    joined = VisualTokens.cat(parts)
+    assert joined.extra["segment_starts"] == [0, 5]
+    np.testing.assert_array_equal(joined.extra["change"], change)
+    assert [g.tolist() for g in BudgetReducer(unit="segment").groups(joined, {})] == \
+        [(joined.grid[:, 0] < 5).nonzero().flatten().tolist(), (joined.grid[:, 0] >= 5).nonzero().flatten().tolist()]
 
 
 def test_state_deep_copies_for_a_retry():

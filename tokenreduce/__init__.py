@@ -6,7 +6,8 @@
 query-aware budget per question: 1/8 of the tokens stored, 1/16 attended).
 """
 
-from vidqa.tokenreduce.base import REDUCERS, Chain, Reducer, ReducerStream, build_chain, build_reducer
+from vidqa.tokenreduce.base import (REDUCERS, Chain, Reducer, ReducerStream, agnostic_spec, build_chain,
+                                    build_reducer)
 from vidqa.tokenreduce.budget import BudgetReducer
 from vidqa.tokenreduce.pool import PoolReducer
 from vidqa.tokenreduce.scorers import ClipFrameScorer, EmbeddingFrameScorer, FrameScorer
@@ -17,4 +18,4 @@ DEFAULT_CHAIN = "temporal:keep_ratio=0.25,tome:keep_ratio=0.5,budget:keep_ratio=
 
 __all__ = ["DEFAULT_CHAIN", "REDUCERS", "BudgetReducer", "Chain", "ClipFrameScorer", "EmbeddingFrameScorer",
            "FrameScorer", "PoolReducer", "Reducer", "ReducerStream", "TemporalReducer", "ToMeReducer",
-           "build_chain", "build_reducer"]
+           "agnostic_spec", "build_chain", "build_reducer"]

@@ -23,7 +23,8 @@ Question-aware reducers (``question_aware = True``) run at question time and rea
 two kinds: the agnostic part runs at ingest, the aware part per question.
 
 Chains are written ``"temporal:keep_ratio=0.5,tome:keep_ratio=0.5"`` (``name:key=value:key=value``,
-reducers separated by commas) in configs and on the command line.
+reducers separated by commas) in configs and on the command line; :func:`agnostic_spec` is the part of
+a spec that ingest runs, so the question-aware knobs never invalidate a saved memory.
 """
 
 from __future__ import annotations
@@ -169,3 +170,10 @@ def build_chain(spec: str) -> Chain:
             params[k.strip()] = v.strip()
         reducers.append(build_reducer(name.strip(), **params))
     return Chain(reducers)
+
+
+def agnostic_spec(spec: str) -> str:
+    """The question-agnostic reducers of ``spec`` (validated), in order, as a spec: what ingest runs."""
+    build_chain(spec)
+    parts = [p.strip() for p in (spec or "").split(",") if p.strip()]
+    return ",".join(p for p in parts if not REDUCERS[p.split(":")[0].strip()].question_aware)

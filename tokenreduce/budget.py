@@ -15,6 +15,13 @@ token. Survivors are a subset, in order, with their metadata.
 
 Scorers: ``scorer="embedding"`` (default), ``scorer="clip"`` built from ``clip_model`` /
 ``clip_checkpoint`` / ``clip_config`` on first use, or any scorer object in ``context["scorer"]``.
+
+In ``VideoQA.ask`` the same reducer runs over the stored memory instead of tokens
+(:mod:`vidqa.memory.budget`): :meth:`BudgetReducer.total`, :meth:`~BudgetReducer.groups` and
+:meth:`~BudgetReducer.share` are applied to one summary token per stored grid (its mean embedding),
+and inside a group the KV entries the question attends to most are kept (no token embeddings are
+stored, so ``rank`` applies to tokens only). A memory keeps no frames, so there ``scorer="clip"`` is
+refused; the embedding scorer needs only the stored grid means.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import torch
 
 from vidqa.errors import ConfigError
 from vidqa.tokenreduce.base import Reducer, check_ratio, register
-from vidqa.tokenreduce.counts import allocate, round_half_up
+from vidqa.tokenreduce.counts import allocate, round_half_up, top_per_group
 from vidqa.tokenreduce.scorers import ClipFrameScorer, EmbeddingFrameScorer, question_vector
 from vidqa.tokens import VisualTokens
 
@@ -75,19 +82,31 @@ class BudgetReducer(Reducer):
         segment = torch.searchsorted(bounds, t.contiguous(), right=True)
         return [(segment == s).nonzero().flatten() for s in torch.unique(segment)]
 
+    def total(self, n: int) -> int:
+        """How many of ``n`` tokens the question gets: ``token_budget``, else ``round(keep_ratio * n)``, >= 1."""
+        return self.token_budget or max(1, round_half_up(self.keep_ratio * n))
+
+    def share(self, tokens: VisualTokens, groups: list[torch.Tensor], capacity: torch.Tensor, context: dict,
+              total: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """QuoTA's assignment: ``(budgets [G] int64, scores [G] float32)`` for ``groups`` of ``tokens``
+        holding ``capacity [G]`` tokens each; budgets follow ``softmax(score / temperature)``, none
+        exceeds its capacity, and they sum to exactly ``min(total, capacity.sum())``."""
+        scores = self.frame_scorer(context).scores(tokens, groups, context).float().cpu()
+        return allocate(scores / self.temperature, capacity, total), scores
+
+    def token_rank(self, tokens: VisualTokens, context: dict) -> torch.Tensor:
+        """``[N]``: cosine to the mean question embedding (``rank="question"``), else embedding norm."""
+        q = question_vector(context, tokens.embeds.device) if self.rank == "question" else None
+        x = tokens.embeds.float()
+        return x.norm(dim=-1) if q is None else torch.nn.functional.normalize(x, dim=-1) @ q
+
     def reduce(self, tokens: VisualTokens, context: dict, state: dict) -> VisualTokens:
-        total = self.token_budget or max(1, round_half_up(self.keep_ratio * len(tokens)))
+        total = self.total(len(tokens))
         if total >= len(tokens):
             return tokens
         groups = self.groups(tokens, context)
-        scores = self.frame_scorer(context).scores(tokens, groups, context).float().cpu()
-        budgets = allocate(scores / self.temperature, torch.tensor([g.numel() for g in groups]), total)
-        q = question_vector(context, tokens.embeds.device) if self.rank == "question" else None
-        keep = []
-        for g, b in zip(groups, budgets.tolist()):
-            if b == 0:
-                continue
-            x = tokens.embeds[g.to(tokens.embeds.device)].float()
-            rank = x.norm(dim=-1) if q is None else torch.nn.functional.normalize(x, dim=-1) @ q
-            keep.append(g[torch.argsort(rank, descending=True, stable=True)[:b].to(g.device)])
-        return tokens.select(torch.cat(keep))
+        budgets, _ = self.share(tokens, groups, torch.tensor([g.numel() for g in groups]), context, total)
+        member = torch.empty(len(tokens), dtype=torch.long)
+        for i, g in enumerate(groups):
+            member[g.cpu()] = i
+        return tokens.select(top_per_group(self.token_rank(tokens, context), member, budgets))

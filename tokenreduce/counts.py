@@ -10,6 +10,8 @@
 * :func:`allocate` -- shares a total budget between groups in proportion to ``exp(logits)`` with
   largest-remainder rounding, never giving a group more than it holds (what it cannot take is
   handed on to the others), so the total is met exactly (the QuoTA assignment step, Luo et al. 2025).
+* :func:`top_per_group` -- which tokens meet those budgets: the best-ranked ``budget[g]`` of every
+  group ``g``, shared by the budget reducer (tokens) and the memory's ask-time budget (KV entries).
 """
 
 from __future__ import annotations
@@ -72,3 +74,19 @@ def allocate(logits: torch.Tensor, capacity: torch.Tensor, total: int) -> torch.
             add[order[:-short]] -= 1
         budget = torch.minimum(budget + add, capacity)
     return budget
+
+
+def top_per_group(rank: torch.Tensor, group: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
+    """Indices (ascending, int64) of the ``budget[g]`` highest ``rank [N]`` items of every group.
+
+    ``group [N]`` (int64) is each item's group in ``0 .. G-1`` (``-1``: in no group, never kept);
+    ``budget [G]`` must not exceed the group sizes. Ties keep the earlier item. One sort, no loop over
+    groups, so it costs the same for a video of ten thousand grids as for one chunk.
+    """
+    rank, group, budget = rank.detach().float().cpu(), group.detach().long().cpu(), budget.detach().long().cpu()
+    member = (group >= 0).nonzero().flatten()
+    order = member[torch.argsort(rank[member], descending=True, stable=True)]
+    order = order[torch.argsort(group[order], stable=True)]  # by group, best first inside each
+    g = group[order]
+    place = torch.arange(order.numel()) - torch.searchsorted(g, g)  # 0 for a group's best item
+    return torch.sort(order[place < budget[g]]).values

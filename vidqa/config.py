@@ -51,7 +51,9 @@ class MemoryConfig:
 
     Ask: blocks are scored against the question and the best kept within ``token_budget`` visual
     tokens (``recent_blocks`` newest and ``first_blocks`` oldest always in); then ``compress_ratio``
-    of the retrieved visual KV is kept per layer (LOOK-M), the rest merged into kept entries.
+    of the retrieved visual KV is kept per layer (LOOK-M), the rest merged into kept entries. A
+    ``budget`` reducer in ``VidqaConfig.reducers`` replaces the block choice (its total, at most
+    ``token_budget``, is shared between the grids of the whole video by relevance, QuoTA).
     ``positions``: ``original`` keeps each block's ingest positions (ReKV); ``compact`` re-rotates the
     retrieved blocks so that they sit next to each other (InfLLM).
     """
@@ -130,10 +132,13 @@ class VidqaConfig:
 
     def ingest_key(self) -> str:
         """Hash of the settings that change what ingest stores (not question-time knobs)."""
+        from vidqa.tokenreduce.base import agnostic_spec  # imports torch: on first use, not with the config
+
         agnostic = {
             "video": asdict(self.video),
             "memory": {k: getattr(self.memory, k) for k in INGEST_MEMORY_FIELDS},
-            "reducers": self.reducers,
+            # only the reducers ingest runs: the question-aware budget is applied in ask
+            "reducers": agnostic_spec(self.reducers),
         }
         agnostic["video"].pop("decoder")  # every backend returns the same frames
         blob = json.dumps(agnostic, sort_keys=True).encode()

@@ -90,12 +90,16 @@ class VideoQA:
 
     # ------------------------------------------------------------------ ingest
     def _chains(self):
-        """(question-agnostic, question-aware) reducer chains from ``config.reducers``."""
+        """``(agnostic chain, budget)`` from ``config.reducers``: the chain ingest runs and the
+        question-aware budget reducer ``ask`` applies over the memory (each ``None`` when absent).
+        Checked here, so a budget ``ask`` cannot apply fails before any ingest."""
         if self._reducers is None:
             if self.config.reducers:
+                from vidqa.memory.budget import ask_budget
                 from vidqa.tokenreduce import build_chain
 
-                self._reducers = build_chain(self.config.reducers).split()
+                agnostic, aware = build_chain(self.config.reducers).split()
+                self._reducers = (agnostic, ask_budget(aware))
             else:
                 self._reducers = (None, None)
         return self._reducers
@@ -222,7 +226,13 @@ class VideoQA:
         t1 = time.perf_counter()
         q_ids = adapter.tokenize(adapter.prompt_question(prompt, prefix))
         q_embeds = adapter.embed_ids(q_ids)
-        ctx = recall(adapter, memory, q_embeds, mc)
+        _, budget = self._chains()
+        context = None
+        if budget is not None:
+            # grids are scored against the question itself, not the chat template around it
+            context = {"question": prompt, "question_embeds": adapter.embed_ids(adapter.tokenize(prompt)),
+                       "video": memory.video.get("fingerprint")}
+        ctx = recall(adapter, memory, q_embeds, mc, budget=budget, context=context)
         attention = uneven_attention(adapter) if ctx.uneven else contextlib.nullcontext()
         ids: list[int] = []
         emitted = ""
@@ -247,7 +257,7 @@ class VideoQA:
         yield Answer(
             text=text, choice_index=choice_index,
             choice=chr(ord("A") + choice_index) if choice_index is not None else None,
-            spans=memory.spans(ctx.blocks),
+            spans=ctx.spans,
             tokens={"visual_stored": memory.num_visual_tokens, "visual_attended": ctx.visual_attended,
                     "prompt": int(ctx.cache.layers[0].keys.shape[2]), "question": len(q_ids),
                     "generated": len(ids)},

@@ -92,9 +92,22 @@ class VisualTokens:
 
     @staticmethod
     def cat(parts: list["VisualTokens"]) -> "VisualTokens":
-        """Concatenates chunks in the order given (callers pass them in time order)."""
+        """Concatenates chunks in the order given (callers pass them in time order).
+
+        ``extra``: list values are per-grid or per-segment records of each chunk (the temporal
+        reducer's ``segment_starts`` and ``change``), so they are concatenated in order -- a
+        question-aware step over the whole video must see every chunk's; any other value is the
+        first part's that has the key.
+        """
         if not parts:
             raise ValueError("cannot concatenate an empty list of VisualTokens")
+        extra: dict = {}
+        for p in parts:
+            for key, value in p.extra.items():
+                if isinstance(value, list):
+                    extra[key] = extra.get(key, []) + value
+                else:
+                    extra.setdefault(key, value)
         return VisualTokens(
             embeds=torch.cat([p.embeds for p in parts]),
             frame=torch.cat([p.frame for p in parts]),
@@ -102,7 +115,7 @@ class VisualTokens:
             grid=torch.cat([p.grid for p in parts]),
             size=torch.cat([p.size for p in parts]),
             grid_hw=parts[0].grid_hw,
-            extra=dict(parts[0].extra),
+            extra=extra,
         )
 
     def frame_groups(self) -> list[torch.Tensor]:
