@@ -1,6 +1,7 @@
 """The web app driven through gradio_client on a loopback port, with a tiny model."""
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vidqa.app.ui import AllowedPaths, build_app
+from vidqa.app.ui import AllowedPaths, build_app, serve
 from vidqa.errors import VideoError
 
 from videos import make_video
@@ -27,7 +28,8 @@ def _free_port():
 
 
 class CountingQA:
-    """A real VideoQA (tiny model) that counts ingests that did real work."""
+    """A real VideoQA (tiny model) that counts ingests that did real work and records what its
+    last ``ask_stream`` yielded (``pieces``, ``answer``)."""
 
     def __init__(self, adapter, cache):
         from vidqa.config import VidqaConfig, VideoConfig
@@ -44,6 +46,16 @@ class CountingQA:
 
         adapter.encode = counting
         self._restore = (adapter, original)
+        self.pieces, self.answer = [], None
+
+    def ask_stream(self, *args, **kwargs):
+        self.pieces, self.answer = [], None
+        for piece in self.qa.ask_stream(*args, **kwargs):
+            if isinstance(piece, str):
+                self.pieces.append(piece)
+            else:
+                self.answer = piece
+            yield piece
 
     def __getattr__(self, name):
         return getattr(self.qa, name)
@@ -63,10 +75,9 @@ def served(tmp_path_factory, qwen_adapter):
         holder["qa"] = CountingQA(qwen_adapter, root / "cache")
         return holder["qa"]
 
-    app = build_app(factory, allowed_dirs=[allowed], max_upload_mb=1)
+    app = build_app(factory, allowed_dirs=[allowed], max_upload_mb=1, model_name="tiny-random/qwen2_5_vl")
     port = _free_port()
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-               max_file_size="1mb")
+    serve(app, "127.0.0.1", port, block=False)
     yield app, f"http://127.0.0.1:{port}/", clip, root, holder
     adapter, original = holder["qa"]._restore if "qa" in holder else (None, None)
     if adapter is not None:
@@ -84,13 +95,37 @@ def test_upload_ingest_and_two_questions_without_reingest(served):
     encodes = holder["qa"].encodes
     assert encodes > 0
     job = client.submit("What happens?", [], api_name="/ask")
-    outputs = list(job)  # streamed updates, then the final one
     history, evidence, gallery, status = job.result()
-    assert len(outputs) >= 1 and history[-1]["role"] == "assistant"
+    streamed = [_text(h[-1]) for h, *_ in job.outputs()[:-1]]
+    pieces = holder["qa"].pieces
+    assert pieces, "the engine yielded no text"
+    # the question shows at once, then one update per generated piece, in order
+    assert streamed == ["".join(pieces[:i]) for i in range(len(pieces) + 1)]
+    assert history[-1]["role"] == "assistant" and _text(history[-1]).startswith(holder["qa"].answer.text)
     assert "visual tokens attended" in status and "Evidence:" in _text(history[-1])
     history2, *_ = client.predict("And then?", history, api_name="/ask")
     assert len(history2) == 4
     assert holder["qa"].encodes == encodes  # the second question did not re-ingest
+
+
+def test_each_session_asks_its_own_memory_with_its_own_budget(served):
+    """A question is answered from the memory its session ingested, even after another session
+    ingested the same video with other settings; the budget is read at ask time, no re-ingest."""
+    from gradio_client import Client
+
+    app, url, clip, root, holder = served
+    mine, other = Client(url, verbose=False), Client(url, verbose=False)
+    status = mine.predict(None, str(clip), 1.0, 8192, "", "original", api_name="/ingest")
+    kept = int(re.search(r"(\d+) visual tokens kept", status).group(1))
+    other_status = other.predict(None, str(clip), 3.0, 8192, "", "original", api_name="/ingest")
+    assert int(re.search(r"(\d+) visual tokens kept", other_status).group(1)) != kept
+    encodes = holder["qa"].encodes
+    *_, full = mine.predict("What happens?", [], 8192, "original", api_name="/ask")
+    *_, small = mine.predict("What happens?", [], 1, "original", api_name="/ask")
+    assert f"{kept} of {kept} visual tokens attended" in full
+    attended = int(re.search(r"(\d+) of (\d+) visual tokens attended", small).group(1))
+    assert 0 < attended < kept and f"of {kept} visual" in small
+    assert holder["qa"].encodes == encodes
 
 
 def test_path_inside_allowed_is_accepted_and_escapes_are_refused(served):
