@@ -4,10 +4,15 @@ Thin: every handler calls :class:`~vidqa.pipeline.VideoQA`; nothing here touches
 ``VideoQA`` serves all sessions (its memories are shared with the CLI through the disk cache), and
 the queue runs one job at a time per process (one GPU) so concurrent users wait instead of running
 out of memory. Safe defaults: bound to 127.0.0.1, path input limited to allowed folders (resolved,
-so neither ``../`` nor symlinks escape), upload size limit, bounded queue, analytics off.
+so neither ``../`` nor symlinks escape), upload size limit, bounded queue, analytics off, and no
+request leaves the machine (Gradio ships its fonts and scripts).
+
+Each browser session keeps its own ``VideoMemory`` and settings: a question is answered from the
+memory that session ingested, with its own token budget, whatever other sessions ingested since.
 
 API names (for ``gradio_client``): ``/ingest(upload, path, fps, budget, reducers, positions) -> status``,
-``/ask(question, history) -> (history, evidence choices, gallery, status)`` (streams).
+``/ask(question, history, budget, positions) -> (history, evidence choices, gallery, status)`` (streams;
+``budget`` and ``positions`` default to the panel's defaults).
 """
 
 from __future__ import annotations
@@ -27,13 +32,15 @@ SEEK_JS = """
   const parts = span.split("-")[0].trim().split(":").map(Number);
   const secs = parts.reduce((acc, x) => acc * 60 + x, 0);
   const video = document.querySelector("#vidqa-player video");
-  if (video) { video.currentTime = secs; video.play(); }
+  // play() is refused without a user gesture on some browsers; the seek stands either way
+  if (video) { video.currentTime = secs; video.play().catch(() => {}); }
   return span;
 }
 """
 
 
 def clock(seconds: float) -> str:
+    """``MM:SS`` (or ``H:MM:SS`` from an hour on): the form ``SEEK_JS`` parses back."""
     s = int(seconds)
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"
 
@@ -61,6 +68,7 @@ class Session:
         self.qa = None
         self.allowed = allowed
         self.lock = threading.Lock()
+        self.served: set[Path] = set()  # path-given videos handed to Gradio as static files
 
     def engine(self):
         if self.qa is None:
@@ -86,26 +94,37 @@ def _gpu_mb() -> float:
 
 
 def build_app(qa_factory, allowed_dirs: list[str | Path] = (), max_upload_mb: int = 2048, model_name: str = ""):
-    """The Blocks app; ``qa_factory()`` returns a ``VideoQA`` (called once, lazily)."""
+    """The Blocks app; ``qa_factory()`` returns a ``VideoQA`` (called once, lazily). Start it with
+    :func:`serve`, which applies the upload limit and lets the player show videos of the allowed folders."""
     import gradio as gr
 
     session = Session(qa_factory, AllowedPaths(list(allowed_dirs)))
 
-    def resolve_video(upload, path_text) -> Path:
-        if upload:
-            return Path(upload)
+    def resolve_video(upload, path_text) -> tuple[Path, bool]:
+        """The video to ingest and whether it was given by path. A typed path wins: uploading
+        clears the path box, while a video shown after a path ingest stays in the player."""
         if path_text and path_text.strip():
-            return session.allowed.check(path_text.strip())
+            return session.allowed.check(path_text.strip()), True
+        if upload:
+            return Path(upload), False
         raise VideoError("give a video: upload one or type a path inside the allowed folders")
+
+    def apply_ask_settings(budget, positions):
+        """Question-time knobs -> the shared config; called under the lock by every job, so each
+        session's own values hold for its job."""
+        from vidqa.config import MemoryConfig
+
+        cfg = session.engine().config
+        cfg.memory = MemoryConfig(**{**cfg.memory.__dict__, "token_budget": int(budget), "positions": positions})
 
     def apply_settings(fps, budget, reducers, positions):
         """Settings panel -> the shared config (ingest-time knobs select another saved memory)."""
-        from vidqa.config import MemoryConfig, VideoConfig
+        from vidqa.config import VideoConfig
 
         qa = session.engine()
         cfg = qa.config
         cfg.video = VideoConfig(**{**cfg.video.__dict__, "fps": float(fps)})
-        cfg.memory = MemoryConfig(**{**cfg.memory.__dict__, "token_budget": int(budget), "positions": positions})
+        apply_ask_settings(budget, positions)
         if (reducers or "") != cfg.reducers:
             from vidqa.tokenreduce import build_chain
 
@@ -114,10 +133,9 @@ def build_app(qa_factory, allowed_dirs: list[str | Path] = (), max_upload_mb: in
             qa._reducers = None
 
     def ingest(upload, path_text, fps, budget, reducers, positions, progress=gr.Progress()):
+        """-> (status, this session's (memory, video path), a path-given video for the player or None)."""
         try:
-            video = resolve_video(upload, path_text)
-            with session.lock:
-                apply_settings(fps, budget, reducers, positions)
+            video, by_path = resolve_video(upload, path_text)
             start = time.perf_counter()
 
             def report(done, total, info):
@@ -125,37 +143,46 @@ def build_app(qa_factory, allowed_dirs: list[str | Path] = (), max_upload_mb: in
                 progress(done / max(total, 1), desc=f"{done}/{total} frames, {info['tokens_kept']} tokens kept, "
                                                     f"~{left:.0f}s left")
 
-            with session.lock:
+            with session.lock:  # settings and ingest in one hold: no other job switches them between
+                apply_settings(fps, budget, reducers, positions)
                 memory = session.engine().ingest(video, progress=report)
             took = time.perf_counter() - start
             cached = " (from cache)" if memory.stats.get("loaded_from_cache") else ""
             status = (f"Ingested {video.name}{cached}: {len(memory.blocks)} chunks, "
                       f"{memory.num_visual_tokens} visual tokens kept, {memory.host_bytes / 2**20:.1f} MiB host, "
                       f"GPU {_gpu_mb():.0f} MiB, {took:.1f}s")
-            return status, str(video)
+            if by_path and video not in session.served:
+                # Served in place, not copied (hashing and copying hours of video) into Gradio's cache.
+                gr.set_static_paths([video])
+                session.served.add(video)
+            return status, (memory, video), str(video) if by_path else None
         except VidqaError as err:
-            return f"Error: {err}", ""
+            return f"Error: {err}", None, None
 
-    def ask(question, history, video_key):
+    def ask(question, history, ingested, budget, positions):
+        """Streams the answer into the chat, then its evidence spans, thumbnails and status."""
         history = list(history or [])
-        if not video_key:
+        if ingested is None:
             history.append({"role": "assistant", "content": "Ingest a video first."})
             yield history, gr.update(choices=[], value=None), [], "No video ingested."
             return
         history.append({"role": "user", "content": question})
         history.append({"role": "assistant", "content": ""})
+        # The question shows at once and the last answer's evidence goes, before retrieval runs.
+        yield history, gr.update(choices=[], value=None), [], "Answering..."
+        memory, video = ingested
         try:
             with session.lock:
-                qa = session.engine()
+                apply_ask_settings(budget, positions)
                 answer = None
-                for piece in qa.ask_stream(video_key, question):
+                for piece in session.engine().ask_stream(memory, question):
                     if isinstance(piece, str):
                         history[-1]["content"] += piece
                         yield history, gr.update(), gr.update(), "Answering..."
                     else:
                         answer = piece
             spans = [f"{clock(a)}-{clock(b)}" for a, b in answer.spans]
-            thumbs = _thumbnails(Path(video_key), answer.spans)
+            thumbs = _thumbnails(video, answer.spans)
             status = (f"{answer.tokens['visual_attended']} of {answer.tokens['visual_stored']} visual tokens "
                       f"attended; first token {answer.timings['ttft']:.2f}s, total {answer.timings['total']:.2f}s; "
                       f"host {_host_mb():.0f} MiB, GPU {_gpu_mb():.0f} MiB")
@@ -168,31 +195,48 @@ def build_app(qa_factory, allowed_dirs: list[str | Path] = (), max_upload_mb: in
 
     with gr.Blocks(title="vidqa") as app:
         gr.Markdown("# vidqa: ask questions about long videos" + (f" (model: `{model_name}`)" if model_name else ""))
-        video_key = gr.State("")
+        # This session's (VideoMemory, video path): its questions use it whatever others ingest since.
+        # The memory is VideoQA's own object, held by reference, not a copy.
+        ingested = gr.State(None)
+        to_show = gr.State(None)
         with gr.Row():
             with gr.Column(scale=3):
                 player = gr.Video(label="Video", elem_id="vidqa-player", sources=["upload"])
-                path = gr.Textbox(label="...or a path inside the allowed folders", max_lines=1)
-                with gr.Accordion("Settings", open=False):
+                path = gr.Textbox(label="...or a path inside the allowed folders", max_lines=1,
+                                  elem_id="vidqa-path")
+                with gr.Accordion("Settings", open=False, elem_id="vidqa-settings"):
+                    gr.Textbox(model_name, label="Model", interactive=False,
+                               info="one model per process (one GPU): chosen with vidqa ui --model")
                     fps = gr.Number(label="Frames per second", value=1.0, minimum=0.01)
                     budget = gr.Number(label="Visual tokens per question", value=8192, minimum=1, precision=0)
-                    reducers = gr.Textbox(label="Reducer chain", placeholder="temporal:keep_ratio=0.5,tome:keep_ratio=0.5")
-                    positions = gr.Radio(["original", "compact"], value="original", label="Positions of recalled memory")
+                    reducers = gr.Textbox(label="Reducer chain",
+                                          placeholder="temporal:keep_ratio=0.5,tome:keep_ratio=0.5")
+                    positions = gr.Radio([("original positions (ReKV)", "original"),
+                                          ("compact positions (InfLLM)", "compact")],
+                                         value="original", label="Memory method")
                 ingest_btn = gr.Button("Ingest", variant="primary")
-                status = gr.Markdown("No video ingested.")
+                status = gr.Markdown("No video ingested.", elem_id="vidqa-status")
             with gr.Column(scale=4):
-                chat = gr.Chatbot(label="Chat", height=420)
+                chat = gr.Chatbot(label="Chat", height=420, elem_id="vidqa-chat")
                 question = gr.Textbox(label="Question", placeholder="What happens after the red car arrives?")
                 ask_btn = gr.Button("Ask")
-                evidence = gr.Radio(label="Evidence (click to seek)", choices=[], interactive=True)
-                gallery = gr.Gallery(label="Retrieved moments", columns=6, height=140)
-        ingest_btn.click(ingest, [player, path, fps, budget, reducers, positions], [status, video_key],
-                         api_name="ingest")
-        ask_btn.click(ask, [question, chat, video_key], [chat, evidence, gallery, status], api_name="ask")
-        question.submit(ask, [question, chat, video_key], [chat, evidence, gallery, status], api_name=False)
+                evidence = gr.Radio(label="Evidence (click to seek)", choices=[], interactive=True,
+                                    elem_id="vidqa-evidence")
+                gallery = gr.Gallery(label="Retrieved moments", elem_id="vidqa-moments", columns=6, fit_columns=False,
+                                     height=150, object_fit="contain", interactive=False)
+        # Model jobs share one concurrency group: the queue runs one at a time and shows waiting
+        # users their place (the lock alone would leave them "processing").
+        ingest_btn.click(ingest, [player, path, fps, budget, reducers, positions], [status, ingested, to_show],
+                         api_name="ingest", concurrency_id="model").then(
+            lambda shown: shown or gr.update(), to_show, player, api_name=False, queue=False)
+        player.upload(lambda: "", None, path, api_name=False, queue=False)
+        ask_inputs, ask_outputs = [question, chat, ingested, budget, positions], [chat, evidence, gallery, status]
+        ask_btn.click(ask, ask_inputs, ask_outputs, api_name="ask", concurrency_id="model")
+        question.submit(ask, ask_inputs, ask_outputs, api_name=False, concurrency_id="model")
         evidence.change(None, evidence, evidence, js=SEEK_JS)
     app.queue(default_concurrency_limit=1, max_size=64)
     app.max_upload_mb = max_upload_mb
+    app.allowed_roots = session.allowed.roots
     return app
 
 
@@ -210,12 +254,21 @@ def _thumbnails(video: Path, spans, per_span: int = 2):
     return [(frame, clock(t)) for frame, t in zip(got.frames, got.times)]
 
 
+def serve(app, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
+    """Starts an app of :func:`build_app` with its upload limit. The allowed folders become Gradio
+    ``allowed_paths`` so that the player can show a video given by path (the timestamps seek it);
+    their files are then readable through the app, as their videos already were by ingest."""
+    app.launch(server_name=host, server_port=port, max_file_size=f"{app.max_upload_mb}mb",
+               allowed_paths=[str(r) for r in app.allowed_roots], prevent_thread_lock=not block,
+               show_error=False, quiet=True)
+    return app
+
+
 def launch(settings, host: str = "127.0.0.1", port: int = 7860, allowed_dirs=(), max_upload_mb: int = 2048,
            block: bool = True):
     from vidqa.pipeline import VideoQA
+    from vidqa.vlm import DEFAULT_MODEL
 
     app = build_app(lambda: VideoQA(model=settings.model, config=settings.config, device=settings.device),
-                    allowed_dirs, max_upload_mb, model_name=settings.model or "")
-    app.launch(server_name=host, server_port=port, max_file_size=f"{max_upload_mb}mb",
-               prevent_thread_lock=not block, show_error=False, quiet=True)
-    return app
+                    allowed_dirs, max_upload_mb, model_name=settings.model or DEFAULT_MODEL)
+    return serve(app, host, port, block)
