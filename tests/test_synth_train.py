@@ -135,7 +135,8 @@ def test_a_few_steps_lower_the_loss(synth_adapter):
         opt.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.5 * losses[0], losses
-    assert all(isinstance(ok, bool) for _, ok in letter_hits(logits.detach(), labels, tasks, a))
+    hits = letter_hits(logits.detach(), labels, tasks, a)
+    assert {kind for kind, _, _ in hits} <= {"mc", "hint"} and all(isinstance(ok, bool) for _, _, ok in hits)
 
 
 def test_batches_share_one_layout_and_keep_questions_bounded():
@@ -144,7 +145,7 @@ def test_batches_share_one_layout_and_keep_questions_bounded():
         b = next(data)
         n, t = b["frames"].shape[:2]
         assert t == 16 * b["chunks"] and n == max(1, 64 // t) and len(b["qa"]) == n
-        assert all(1 <= len(q) <= 6 for q in b["qa"])
+        assert all(1 <= len(q) <= 10 for q in b["qa"])
 
 
 def test_augmentation_is_mild_and_seeded():
@@ -157,3 +158,33 @@ def test_augmentation_is_mild_and_seeded():
     assert float(a.min()) >= 0 and float(a.max()) <= 255
     diff = (a - plain).abs().mean(dim=(1, 2, 3, 4))
     assert bool((diff < 12).all()) and float(diff.max()) > 0.1  # changed, but the content is intact
+
+
+def test_every_question_is_also_asked_open_and_hinted():
+    from vidqa.synth.train_data import pick_questions
+
+    _, _, questions = make_clip(7, 3, 0.0)
+    batch = pick_questions({"all_qa": [questions]}, random.Random(0))
+    rows = batch["qa"][0]
+    mc = [q for q in rows if q.kind == "mc"]
+    assert len(mc) == 3 and len(rows) in (9, 10)
+    for q in mc:
+        open_, hint = q.variant("open"), q.variant("hint")
+        assert open_.prompt == q.question and open_.prefix == "" and open_.target == q.answer
+        assert f"The answer is {q.answer}." in hint.prompt and hint.target == q.target and "Options:" in hint.prompt
+        assert open_ in rows and hint in rows
+
+
+def test_letter_hits_reads_the_letter_at_the_answer(synth_adapter):
+    a = synth_adapter
+    _, _, questions = make_clip(1, 1, 0.0)
+    q = next(x for x in questions if x.kind == "mc")
+    batch = {"qa": [[q, q.variant("hint")]], "question_gap": 0}
+    ids, labels, _, _, rows = question_rows(a, batch, 0)
+    logits = torch.zeros(2, ids.shape[1], len(a.tokenizer))
+    first = int((labels[0] != -100).nonzero()[0])
+    right = a.tokenizer.convert_tokens_to_ids(q.letter.lower())
+    wrong = a.tokenizer.convert_tokens_to_ids("d" if q.letter != "D" else "a")
+    logits[0, first - 1, right] = 1.0  # row 0 predicts the right letter, row 1 a wrong one
+    logits[1, first - 1, wrong] = 1.0
+    assert letter_hits(logits, labels, rows, a) == [("mc", q.task, True), ("hint", q.task, False)]

@@ -39,12 +39,12 @@ def corpus_words(extra_texts: list[str] = ()) -> list[str]:
     from vidqa.mcq import MC_ANSWER_PREFIX, format_mc_question
     from vidqa.synth.questions import make_questions
     from vidqa.synth.timeline import make_timeline
-    from vidqa.synth.train_data import DESCRIBE
+    from vidqa.synth.train_data import DESCRIBE, HINT
 
     texts = [MC_ANSWER_PREFIX, format_mc_question("x", ["a", "b", "c", "d"]), "You are a helpful assistant.",
              "system user assistant", " ".join(vocab.SCENES), " ".join(vocab.COLOURS), " ".join(vocab.SHAPES),
              " ".join(vocab.SIZES), " ".join(vocab.CARD_WORDS), " ".join(vocab.ANOMALIES.values()),
-             "0 1 2 3 4 5 6 7 8 9 : < > ( ) , . ? ' -", " ".join(vocab.all_words()), DESCRIBE, *extra_texts]
+             "0 1 2 3 4 5 6 7 8 9 : < > ( ) , . ? ' -", " ".join(vocab.all_words()), DESCRIBE, HINT, *extra_texts]
     for seed in range(40):
         for duration in (16, 40, 600):
             tl = make_timeline(seed, duration)

@@ -5,8 +5,13 @@ from its timeline at 224x126 (the world's 16:9; the GPU resizes it to what the p
 a 448x252 video), with every question the timeline supports:
 
 * the seven MLVU-style multiple-choice tasks of :mod:`vidqa.synth.questions`, answered as
-  ``"b) red"`` after MLVU's ``Best Option: (`` -- the option letter, then the option's text, so the
-  loss also asks for what was seen and not only for a letter (denser supervision than one token);
+  ``"b) red"`` after MLVU's ``Best Option: (`` -- the option letter, then the option's text;
+* the same questions *open-ended* (no options), answered with the option's text: what was seen,
+  without the letter lookup;
+* the same multiple-choice questions with the answer given away in the question (``The answer is
+  red.``): the letter lookup without perception. A model trained from scratch on letters alone stays
+  at chance for thousands of steps (two earlier runs of this project did); splitting the task into
+  its two halves gives each a direct signal;
 * ``Describe the video.``, answered with :func:`vidqa.synth.describe.describe` of the clip: one
   sentence per scene, object, card and anomaly, the densest perception signal the world has.
 
@@ -37,7 +42,8 @@ RENDER_WIDTH, RENDER_HEIGHT = 224, 126
 CHUNK = 16  # frames per chunk, as vidqa ingests (VideoConfig.chunk_frames)
 MAX_CHUNKS = 6
 FRAMES_PER_BATCH = 768  # clips per batch = this // clip frames: long clips come in smaller batches
-QUESTIONS_PER_CLIP = 6
+QUESTIONS_PER_CLIP = 3  # multiple-choice questions drawn per clip and step (each also open and hinted)
+HINT = "The answer is {}."
 HELD_OUT_SEED_BASE = 10_000_000
 DESCRIBE = "Describe the video."
 DENSE = dict(object_every=5.0, card_every=9.0, scene_every=14.0)
@@ -45,14 +51,27 @@ DENSE = dict(object_every=5.0, card_every=9.0, scene_every=14.0)
 
 @dataclass
 class QA:
-    """One question of a clip: the user text, the answer prefix, the supervised answer, its task and,
-    for multiple choice, the correct letter (``"B"``) and the number of options."""
+    """One question row: the user text, the answer prefix, the supervised answer, the task
+    (``question_type`` or ``"describe"``), the row's ``kind`` (``mc``, ``open``, ``hint`` or
+    ``describe``) and, for multiple choice, the correct letter."""
 
     prompt: str
     prefix: str
     target: str
     task: str
     letter: str | None = None
+    kind: str = "mc"
+    question: str = ""
+    candidates: tuple = ()
+    answer: str = ""
+
+    def variant(self, kind: str) -> "QA":
+        """The same question open-ended (``open``) or with its answer given away (``hint``)."""
+        if kind == "open":
+            return QA(self.question, "", self.answer, self.task, None, "open", self.question)
+        hinted = f"{self.question} {HINT.format(self.answer)}"
+        return QA(format_mc_question(hinted, list(self.candidates)), self.prefix, self.target, self.task,
+                  self.letter, "hint", self.question, self.candidates, self.answer)
 
 
 def shift_clock(text: str, offset: float) -> str:
@@ -70,8 +89,8 @@ def clip_questions(tl, seed: int, offset: float) -> list[QA]:
             answer = shift_clock(answer, offset)
         mark = letter(candidates.index(answer))
         out.append(QA(format_mc_question(q["question"], candidates), MC_ANSWER_PREFIX, f"{mark}) {answer}",
-                      q["question_type"], mark))
-    out.append(QA(DESCRIBE, "", describe(tl, 0.0, tl.duration), "describe"))
+                      q["question_type"], mark, "mc", q["question"], tuple(candidates), answer))
+    out.append(QA(DESCRIBE, "", describe(tl, 0.0, tl.duration), "describe", kind="describe"))
     return out
 
 
@@ -99,13 +118,14 @@ def batch_layout(rng: random.Random, held_out: bool = False) -> dict:
 
 
 def pick_questions(batch: dict, rng: random.Random, per_clip: int = QUESTIONS_PER_CLIP) -> dict:
-    """``batch`` with at most ``per_clip`` questions per clip (the description half of the time), so
-    that a batch trained on twice is asked different questions each time."""
+    """``batch`` with the rows of ``per_clip`` multiple-choice questions per clip -- each asked as it
+    is, open-ended and hinted -- and the description half of the time (always when a clip has no
+    question); a batch trained on twice is asked different questions each time."""
     qa = []
     for questions in batch["all_qa"]:
-        mc = [q for q in questions if q.task != "describe"]
+        mc = [q for q in questions if q.kind == "mc"]
         rng.shuffle(mc)
-        keep = mc[:per_clip - 1]
+        keep = [row for q in mc[:per_clip] for row in (q, q.variant("open"), q.variant("hint"))]
         if rng.random() < 0.5 or not keep:
             keep.append(questions[-1])
         qa.append(keep)
