@@ -1,6 +1,7 @@
 """Gathered-block attention at 7B shapes: time, bandwidth, and speed-up over dequantize-then-SDPA.
 
     python bench/kernels.py                 # on a GPU: 16k..1M tokens, writes bench/results/kernels_<device>.md
+    python bench/kernels.py --sweep         # first measure the kernel's tuning knobs at 1M tokens, then the table
     python bench/kernels.py --smoke         # tiny sizes on CPU (reference path only)
 
 Shapes: 28 query heads, 4 KV heads, head dim 128 (Qwen2.5-VL-7B), blocks of 256 tokens, all blocks
@@ -19,8 +20,20 @@ from pathlib import Path
 import torch
 
 
+import itertools
+import json
+import os
+
 from vidqa.kernels.block_attention import block_attention  # noqa: E402
 from vidqa.kernels.quant import dequantize_kv, quantize_kv  # noqa: E402
+
+# Knobs of block_attention_triton tried by --sweep, per query length (decode, 128-token question).
+SWEEP = {
+    1: [dict(bm=16, bn=bn, num_warps=w, stages=st, waves=wv)
+        for bn, w, st, wv in itertools.product((64, 128, 256), (2, 4, 8), (2, 4), (4, 8))],
+    128: [dict(bm=bm, bn=bn, num_warps=w, stages=st, waves=2)
+          for bm, bn, w, st in itertools.product((64, 128), (32, 64), (4, 8), (2, 3))],
+}
 
 HQ, HKV, D, BLOCK = 28, 4, 128, 256
 
@@ -59,22 +72,69 @@ def copy_bandwidth(device) -> float:
     return 2 * n / t
 
 
-def run(lengths: list[int], lqs: list[int], device, backend: str) -> list[dict]:
+def kv_store(n_tokens: int, device):
+    nb = n_tokens // BLOCK
+    k = torch.randn(nb, HKV, BLOCK, D, device=device, dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    kq, vq = quantize_kv(k, 8, 32), quantize_kv(v, 8, 32)
+    return kq, vq, torch.arange(nb, device=device, dtype=torch.int32)
+
+
+def sweep(device, n_tokens: int = 1 << 20) -> dict[int, dict]:
+    """The fastest knobs per query length at ``n_tokens`` int8 KV tokens, each checked for
+    correctness against the reference on a small store first."""
+    from vidqa.kernels.block_attention.naive import block_attention_naive
+    from vidqa.kernels.block_attention.triton_impl import block_attention_triton
+
+    small_k, small_v, small_table = kv_store(4096, device)
+    kq, vq, table = kv_store(n_tokens, device)
+    best = {}
+    for lq, grid in SWEEP.items():
+        q = torch.randn(HQ, lq, D, device=device, dtype=torch.bfloat16)
+        tail_k = torch.randn(HKV, lq, D, device=device, dtype=torch.bfloat16)
+        tail_v = torch.randn_like(tail_k)
+        ref, _ = block_attention_naive(q, dequantize_kv(small_k).to(torch.bfloat16), dequantize_kv(small_v).to(torch.bfloat16),
+                                       small_table, None, tail_k, tail_v, D ** -0.5)
+        results = []
+        for cfg in grid:
+            try:
+                o, _ = block_attention_triton(q, small_k, small_v, small_table, None, tail_k, tail_v, D ** -0.5, **cfg)
+                err = float((o - ref.float()).abs().max())
+                if not err < 5e-2:
+                    print(json.dumps({"lq": lq, **cfg, "error": err}), flush=True)
+                    continue
+                t = timed(lambda: block_attention_triton(q, kq, vq, table, None, tail_k, tail_v, D ** -0.5, **cfg),
+                          repeats=10, warmup=2)
+            except Exception as e:  # out of shared memory / registers for this shape: not a candidate
+                print(json.dumps({"lq": lq, **cfg, "failed": type(e).__name__}), flush=True)
+                continue
+            results.append((t, cfg))
+            print(json.dumps({"lq": lq, **cfg, "ms": round(t * 1e3, 4)}), flush=True)
+        best[lq] = min(results, key=lambda r: r[0])[1]
+    del kq, vq
+    torch.cuda.empty_cache()
+    return best
+
+
+def run(lengths: list[int], lqs: list[int], device, backend: str, tuning: dict | None = None) -> list[dict]:
     rows = []
     bw_copy = copy_bandwidth(device)
     for n_tokens in lengths:
-        nb = n_tokens // BLOCK
-        k = torch.randn(nb, HKV, BLOCK, D, device=device, dtype=torch.bfloat16)
-        v = torch.randn_like(k)
-        kq, vq = quantize_kv(k, 8, 32), quantize_kv(v, 8, 32)
-        del k, v
-        table = torch.arange(nb, device=device, dtype=torch.int32)
+        kq, vq, table = kv_store(n_tokens, device)
+        nb = table.numel()
         kv_bytes = kq.nbytes + vq.nbytes
         for lq in lqs:
             q = torch.randn(HQ, lq, D, device=device, dtype=torch.bfloat16)
             tail_k = torch.randn(HKV, lq, D, device=device, dtype=torch.bfloat16)
             tail_v = torch.randn_like(tail_k)
-            t_kernel = timed(lambda: block_attention(q, kq, vq, table, tail_k=tail_k, tail_v=tail_v, backend=backend))
+            if tuning:
+                from vidqa.kernels.block_attention.triton_impl import block_attention_triton
+
+                t_kernel = timed(lambda: block_attention_triton(q, kq, vq, table, None, tail_k, tail_v, D ** -0.5,
+                                                                **tuning[lq]))
+            else:
+                t_kernel = timed(lambda: block_attention(q, kq, vq, table, tail_k=tail_k, tail_v=tail_v,
+                                                         backend=backend))
 
             def baseline():
                 kk = dequantize_kv(kq).to(torch.bfloat16).permute(1, 0, 2, 3).reshape(HKV, nb * BLOCK, D)
@@ -100,8 +160,11 @@ def run(lengths: list[int], lqs: list[int], device, backend: str) -> list[dict]:
     return rows
 
 
-def table(rows: list[dict], device_name: str) -> str:
-    out = [f"# block_attention on {device_name} (int8 KV, 28/4 heads, d=128, blocks of {BLOCK})", "",
+def table(rows: list[dict], device_name: str, tuning: dict | None = None) -> str:
+    out = [f"# block_attention on {device_name} (int8 KV, 28/4 heads, d=128, blocks of {BLOCK})", ""]
+    if tuning:
+        out += [f"Knobs chosen by `--sweep` at 1M tokens: {json.dumps({str(k): v for k, v in tuning.items()})}.", ""]
+    out += [
            "| KV tokens | query tokens | kernel (ms) | dequant+SDPA (ms) | speed-up | KV read (GB/s) | of copy bw |",
            "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
@@ -116,19 +179,24 @@ def table(rows: list[dict], device_name: str) -> str:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--smoke", action="store_true", help="tiny sizes (CPU ok)")
+    p.add_argument("--sweep", action="store_true", help="measure the tuning knobs first (GPU)")
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tuning = None
     if args.smoke:
         rows = run([1024], [1], device, backend="auto")
     else:
-        rows = run([16384, 65536, 262144, 1048576], [1, 128], device, backend="triton")
+        tuning = sweep(device) if args.sweep else None
+        rows = run([16384, 65536, 262144, 1048576], [1, 128], device, backend="triton", tuning=tuning)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    text = table(rows, name)
+    text = table(rows, name, tuning)
     print(text)
     if not args.smoke:
         out = Path(__file__).resolve().parent / "results" / f"kernels_{name.replace(' ', '_')}.md"
         out.parent.mkdir(exist_ok=True)
         out.write_text(text + "\n")
+        if os.environ.get("OUT"):
+            Path(os.environ["OUT"], out.name).write_text(text + "\n")
 
 
 if __name__ == "__main__":

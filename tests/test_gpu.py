@@ -76,3 +76,36 @@ def test_question_aware_budget_on_cuda_is_met_exactly(tmp_path):
     qa = VideoQA(model="tiny-random/qwen2_5_vl", config=config, device="cuda")
     answer = qa.ask(clip, "What?")
     assert answer.tokens["visual_attended"] == 50 < answer.tokens["visual_stored"] and answer.spans
+
+
+@pytest.mark.parametrize("hw", [(448, 448), (252, 448)])  # uniform windows; windows cut at the edges
+def test_packed_vision_attention_equals_the_per_window_loop_in_bf16(hw):
+    """The Qwen2.5-VL-7B vision tower's first blocks (real widths, random bf16 weights) give the same
+    merged tokens with packed window attention as with transformers' per-window SDPA loop."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLVideoProcessor
+
+    from vidqa.vlm.vision_attention import packed_vision_attention
+
+    spec = json.loads((Path(__file__).parent.parent / "bench" / "configs" / "qwen2_5_vl_7b.json").read_text())
+    vision = {**spec["vision_config"], "depth": 8, "fullatt_block_indexes": [3, 7]}
+    text = {**spec["text_config"], "num_hidden_layers": 1}
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = Qwen2_5_VLForConditionalGeneration(
+            Qwen2_5_VLConfig(text_config=text, vision_config=vision)).to(torch.bfloat16).eval()
+    frames = np.random.default_rng(0).integers(0, 256, (4, *hw, 3), dtype=np.uint8)
+    vp = Qwen2VLVideoProcessor(size={"shortest_edge": 56 * 56, "longest_edge": 448 * 448})
+    inputs = vp(videos=[frames], return_tensors="pt", do_sample_frames=False)
+    pixels = inputs["pixel_values_videos"].cuda().to(torch.bfloat16)
+    grid = inputs["video_grid_thw"].cuda()
+    with torch.no_grad():
+        native = model.model.get_video_features(pixel_values_videos=pixels, video_grid_thw=grid).pooler_output[0]
+        with packed_vision_attention(model.model.visual):
+            packed = model.model.get_video_features(pixel_values_videos=pixels, video_grid_thw=grid).pooler_output[0]
+    assert packed.shape == native.shape and not packed.isnan().any()
+    # bf16: the same math in another order of summation.
+    torch.testing.assert_close(packed.float(), native.float(), atol=5e-2, rtol=5e-2)

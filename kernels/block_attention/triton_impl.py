@@ -163,8 +163,15 @@ def _num_sms(device) -> int:
     return 4
 
 
-def block_attention_triton(q, k, v, block_table, block_lens, tail_k, tail_v, scale, splits: int | None = None):
-    """``k``/``v`` are tensors (float) or ``QuantizedKV`` of shape ``[NB, Hkv, T, D]``."""
+def block_attention_triton(q, k, v, block_table, block_lens, tail_k, tail_v, scale, splits: int | None = None,
+                           bm: int | None = None, bn: int = 64, num_warps: int | None = None,
+                           stages: int = 3, waves: int = 4):
+    """``k``/``v`` are tensors (float) or ``QuantizedKV`` of shape ``[NB, Hkv, T, D]``.
+
+    Tuning knobs (``bench/kernels.py --sweep`` measures them): ``bm`` rows per program (default 16
+    for decode-sized groups, else 64), ``bn`` tokens per tile, ``num_warps``, pipeline ``stages``,
+    and ``splits`` of the block list (default: enough programs to fill the device ``waves`` times).
+    """
     from vidqa.kernels.quant import QuantizedKV
 
     hq, lq, d = q.shape
@@ -183,17 +190,18 @@ def block_attention_triton(q, k, v, block_table, block_lens, tail_k, tail_v, sca
     kd, vd = kd.contiguous(), vd.contiguous()
     ks, vs, kz, vz = ks.contiguous(), vs.contiguous(), kz.contiguous(), vz.contiguous()
     table = block_table.to(device=q.device, dtype=torch.int32).contiguous()
-    lens = (block_lens if block_lens is not None else torch.full((nb,), t)).to(device=q.device, dtype=torch.int32)
+    # Built on the device: a host tensor here would cost a synchronous copy on every call.
+    lens = (block_lens.to(device=q.device, dtype=torch.int32) if block_lens is not None
+            else torch.full((nb,), t, device=q.device, dtype=torch.int32))
     has_tail = tail_k is not None
     tk = tail_k.contiguous() if has_tail else q
     tv = tail_v.contiguous() if has_tail else q
     lt = tail_k.shape[1] if has_tail else 0
-    bm = 16 if group * lq <= 16 else 64
-    bn = 64
+    bm = bm or (16 if group * lq <= 16 else 64)
     tiles = triton.cdiv(group * lq, bm)
     n_sel = table.numel()
-    if splits is None:  # enough programs to fill the device about four times over
-        splits = max(1, min(n_sel, triton.cdiv(4 * _num_sms(q.device), hkv * tiles)))
+    if splits is None:  # enough programs to fill the device `waves` times over
+        splits = max(1, min(n_sel, triton.cdiv(waves * _num_sms(q.device), hkv * tiles)))
     per_split = max(1, triton.cdiv(n_sel, splits))
     splits = max(1, triton.cdiv(n_sel, per_split))
     part_o = torch.empty(splits, hq, lq, d, device=q.device, dtype=torch.float32)
@@ -206,8 +214,8 @@ def block_attention_triton(q, k, v, block_table, block_lens, tail_k, tail_v, sca
         tk.stride(0) if has_tail else 0, tk.stride(1) if has_tail else 0,
         part_o.stride(0), part_o.stride(1), part_o.stride(2), part_l.stride(0), part_l.stride(1),
         scale * LOG2E, D=d, G=g, MODE=mode, HAS_TAIL=has_tail, BM=bm, BN=bn,
-        LOWP=q.dtype in (torch.bfloat16, torch.float16), STAGES=3 if q.is_cuda else 1,
-        num_warps=8 if bm == 64 else 4)
+        LOWP=q.dtype in (torch.bfloat16, torch.float16), STAGES=stages if q.is_cuda else 1,
+        num_warps=num_warps or (8 if bm == 64 else 4))
     if splits == 1:
         o, l = part_o[0], part_l[0]
     else:
