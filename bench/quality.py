@@ -1,0 +1,153 @@
+"""Answer quality on held-out synthetic long videos: vidqa against the ways native VLMs see long video.
+
+    python bench/quality.py --model synth-tiny --minutes 10 60 180 --out runs/quality
+    python bench/quality.py --model tiny-random/qwen2_5_vl --minutes 1 --token-budget 64 --out /tmp/q  # smoke
+
+For each length, one video of the synthetic world with a seed no training run uses
+(:data:`vidqa.synth.train_data.HELD_OUT_SEED_BASE` and up) and its MLVU-format questions (every task
+type the world supports) is answered by each variant through the batch evaluator, with the same
+model and the same visual-token budget per question:
+
+* ``vidqa``   -- the default pipeline: streaming ingest of every frame at 1 fps, block retrieval
+  within ``--token-budget`` visual tokens per question;
+* ``uniform`` -- what native VLMs do with long video: K frames sampled uniformly over the whole
+  video, K chosen so that all their tokens fit the same budget, and all of them attended;
+* ``full``    -- every frame at 1 fps and every block attended (no retrieval), where it fits;
+* ablations   -- one component changed at a time: no recurrent memory, no sliding window, 4-bit
+  KV, LOOK-M compression to half, temporal token merging to half.
+
+Per variant: per-task accuracy and M-Avg (mean of task accuracies, as MLVU defines it), visual
+tokens attended per question (median), ingest seconds, per-question latency (median), peak RSS.
+Writes ``<out>/quality.md`` and ``<out>/quality.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from vidqa.app.evaluate import evaluate
+from vidqa.app.mlvu import load_mlvu
+from vidqa.config import MemoryConfig, VidqaConfig, VideoConfig
+from vidqa.pipeline import VideoQA
+from vidqa.synth.cli import generate
+from vidqa.synth.questions import TASKS
+from vidqa.synth.train_data import HELD_OUT_SEED_BASE
+
+EVERYTHING = 10**9  # a token budget that keeps every block
+HELD_OUT_TASKS = TASKS
+
+
+def variants(budget: int, frames_for_budget: int) -> dict[str, VidqaConfig]:
+    """The configurations compared, all at ``budget`` visual tokens per question except ``full``."""
+    base = VidqaConfig(memory=MemoryConfig(token_budget=budget))
+    mem = base.memory
+    return {
+        "vidqa": base,
+        "uniform": replace(base, video=VideoConfig(num_frames=frames_for_budget),
+                           memory=replace(mem, token_budget=EVERYTHING)),
+        "full": replace(base, memory=replace(mem, token_budget=EVERYTHING)),
+        "no recurrent memory": replace(base, memory=replace(mem, recurrent_tokens=0)),
+        "no sliding window": replace(base, memory=replace(mem, window_chunks=0)),
+        "4-bit KV": replace(base, memory=replace(mem, kv_bits=4)),
+        "LOOK-M to 50%": replace(base, memory=replace(mem, compress_ratio=0.5)),
+        "temporal merge to 50%": replace(base, reducers="temporal:keep_ratio=0.5"),
+    }
+
+
+class Recorder:
+    """Wraps a :class:`VideoQA` for the evaluator and records the ingest times."""
+
+    def __init__(self, qa: VideoQA):
+        self.qa, self.ingest_s = qa, []
+
+    def ingest(self, video, progress=None):
+        t0 = time.perf_counter()
+        memory = self.qa.ingest(video, progress=progress, use_cache=False)
+        self.ingest_s.append(time.perf_counter() - t0)
+        self.last_memory = memory
+        return memory
+
+    def ask(self, memory, question, options=None, max_new_tokens=None):
+        return self.qa.ask(memory, question, options=options, max_new_tokens=max_new_tokens)
+
+
+def run_variant(name: str, config: VidqaConfig, questions, model: str, adapter, out: Path) -> dict:
+    qa = Recorder(VideoQA(model=model, config=config, adapter=adapter))
+    summary = evaluate(questions, qa, out, model=model, progress=False)
+    rows = [json.loads(line) for line in (out / "samples_rank0.jsonl").read_text().splitlines() if line.strip()]
+    attended = [r["tokens"].get("visual_attended", 0) for r in rows if r.get("tokens")]
+    latency = [r["timings"]["total"] for r in rows if r.get("timings")]
+    memory = qa.last_memory
+    return {
+        "variant": name, "tasks": summary["accuracy"], "m_avg": summary["m_avg"], "questions": len(rows),
+        "unparsed": sum(summary["unparsed"].values()),
+        "visual_attended_median": statistics.median(attended) if attended else 0,
+        "visual_stored": memory.num_visual_tokens, "frames": memory.video["frames"],
+        "ingest_s": round(sum(qa.ingest_s), 2),
+        "latency_median_s": round(statistics.median(latency), 4) if latency else None,
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
+
+
+def table(results: list[dict]) -> str:
+    tasks = sorted({t for r in results for t in (r["tasks"] or {})})
+    lines = ["Accuracy in % per task; replies no option could be read from count as wrong.", "",
+             "| video | variant | " + " | ".join(tasks) + " | M-Avg | unparsed | visual tokens attended | "
+             "ingest (s) | latency (s) | peak RSS (MiB) |", "| --- " * (len(tasks) + 9) + "|"]
+    for r in results:
+        acc = [f"{r['tasks'][t]:.0f}" if t in (r["tasks"] or {}) else "-" for t in tasks]
+        m_avg = f"{r['m_avg']:.1f}" if r["m_avg"] is not None else "-"
+        lines.append(f"| {r['minutes']:g} min | {r['variant']} | " + " | ".join(acc) +
+                     f" | {m_avg} | {r['unparsed']} | {r['visual_attended_median']:,} | {r['ingest_s']} | {r['latency_median_s']} | "
+                     f"{r['peak_rss_mib']} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from vidqa.vlm import load_adapter
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="synth-tiny")
+    ap.add_argument("--minutes", type=float, nargs="+", default=[10, 60, 180])
+    ap.add_argument("--token-budget", type=int, default=8192)
+    ap.add_argument("--seed", type=int, default=HELD_OUT_SEED_BASE + 1)
+    ap.add_argument("--per-task", type=int, default=3)
+    ap.add_argument("--variants", nargs="*", help="names to run (default: all)")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    adapter = load_adapter(args.model)
+    results = []
+    for minutes in args.minutes:
+        folder = out / f"video_{minutes:g}min"
+        if not (folder / "questions.json").exists():
+            generate(folder, minutes * 60, args.seed, per_task=args.per_task)
+        questions = load_mlvu(folder / "questions.json", video_root=folder)
+        frames_for_budget = None
+        for name, config in variants(args.token_budget, 2).items():
+            if args.variants and name not in args.variants:
+                continue
+            if name == "uniform":  # K frames whose tokens fill the budget, from the 1-fps run's tokens per frame
+                per_frame = results[-1]["visual_stored"] / max(1, results[-1]["frames"]) if results else 1
+                frames_for_budget = max(2, int(args.token_budget / per_frame) // 2 * 2)
+                config = variants(args.token_budget, frames_for_budget)["uniform"]
+            r = run_variant(name, config, questions, args.model, adapter, out / f"{minutes:g}min" / name)
+            r["minutes"] = minutes
+            results.append(r)
+            print(json.dumps(r), flush=True)
+            (out / "quality.json").write_text(json.dumps(results, indent=1) + "\n")
+    text = (f"# Quality on held-out synthetic videos: {args.model}, {args.token_budget:,} visual tokens per "
+            f"question (seed {args.seed})\n\n" + table(results) + "\n")
+    (out / "quality.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
