@@ -29,10 +29,10 @@ from vidqa.kernels.quant import dequantize_kv, quantize_kv  # noqa: E402
 
 # Knobs of block_attention_triton tried by --sweep, per query length (decode, 128-token question).
 SWEEP = {
-    1: [dict(bm=16, bn=bn, num_warps=w, stages=st, waves=wv)
-        for bn, w, st, wv in itertools.product((64, 128, 256), (2, 4, 8), (2, 4), (4, 8))],
-    128: [dict(bm=bm, bn=bn, num_warps=w, stages=st, waves=2)
-          for bm, bn, w, st in itertools.product((64, 128), (32, 64), (4, 8), (2, 3))],
+    1: [dict(bm=16, bn=bn, num_warps=w, stages=st, waves=4)
+        for bn, w, st in itertools.product((64, 128, 256), (4, 8), (2, 4))],
+    128: [dict(bm=bm, bn=bn, num_warps=w, stages=3, waves=2)
+          for bm, bn, w in itertools.product((64, 128), (32, 64), (4, 8))],
 }
 
 HQ, HKV, D, BLOCK = 28, 4, 128, 256
