@@ -188,3 +188,28 @@ def test_letter_hits_reads_the_letter_at_the_answer(synth_adapter):
     logits[0, first - 1, right] = 1.0  # row 0 predicts the right letter, row 1 a wrong one
     logits[1, first - 1, wrong] = 1.0
     assert letter_hits(logits, labels, rows, a) == [("mc", q.task, True), ("hint", q.task, False)]
+
+
+def test_text_warmup_rows_are_hinted_and_learnable():
+    """The warm-up's rows need no video, carry their answer in the question, and a few steps on one
+    batch lower their loss."""
+    from vidqa.synth.model import build_model_and_processor
+    from vidqa.synth.train import text_logits
+    from vidqa.synth.train_data import HintedRows
+    from vidqa.vlm.qwen2_5_vl import Qwen2_5_VLAdapter
+
+    rows = next(iter(HintedRows(0, rows=12)))
+    assert len(rows) == 12 and all(r.kind == "hint" and f"The answer is {r.answer}." in r.prompt for r in rows)
+    model, processor = build_model_and_processor(seed=2)
+    a = Qwen2_5_VLAdapter(model, processor, "synth-tiny")
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(15):
+        logits, labels, _ = text_logits(a, rows, "cpu")
+        loss = row_loss(logits, labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0], losses

@@ -155,3 +155,27 @@ class ClipBatches(torch.utils.data.IterableDataset):
             batch = {"frames": torch.from_numpy(np.stack([f for f, _, _ in clips])), "times": clips[0][1],
                      "all_qa": [questions for _, _, questions in clips], **layout}
             yield pick_questions(batch, rng)
+
+
+class HintedRows(torch.utils.data.IterableDataset):
+    """Endless lists of ``rows`` hinted multiple-choice questions (no video needed): the letter-lookup
+    warm-up of the trainer. On CPU the language model alone went from chance (25%) to 53% letter
+    accuracy on them in 750 steps of 48 rows, while two video runs of ~1,000 steps stayed at chance."""
+
+    def __init__(self, seed: int, rows: int = 256):
+        self.seed, self.rows = seed, rows
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        rng = random.Random(self.seed * 1000 + 500 + (info.id if info else 0))
+        pool: list[QA] = []
+        while True:
+            while len(pool) < self.rows:
+                seed = rng.randrange(HELD_OUT_SEED_BASE)
+                tl = make_timeline(seed, CHUNK * rng.randint(1, MAX_CHUNKS), **DENSE)
+                pool += [q.variant("hint") for q in clip_questions(tl, seed, float(rng.randrange(0, 3 * 3600, 2)))
+                         if q.kind == "mc"]
+            rng.shuffle(pool)
+            yield pool[:self.rows]
+            del pool[:self.rows]
+
