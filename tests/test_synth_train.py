@@ -116,26 +116,33 @@ def test_layout_equals_streaming_ingest_prompt(synth_adapter):
     assert positions.shape == (3, len(ids)) and bool((positions[:, 1:] >= 0).all())
 
 
-def test_a_few_steps_lower_the_loss(synth_adapter):
-    """Sanity of the whole step: on one fixed batch, 25 AdamW steps cut the loss well down."""
+def _fit(seed: int, steps: int, logits_of):
+    """``steps`` AdamW steps of a fresh synth-tiny on one fixed batch: (losses, last logits, labels,
+    rows, adapter); ``logits_of(adapter)`` gives (logits, labels, rows)."""
     from vidqa.synth.model import build_model_and_processor
     from vidqa.vlm.qwen2_5_vl import Qwen2_5_VLAdapter
 
-    model, processor = build_model_and_processor(seed=1)
+    model, processor = build_model_and_processor(seed=seed)
     a = Qwen2_5_VLAdapter(model, processor, "synth-tiny")
     model.train()
-    batch = _small_batch(chunks=1, clips=2)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
-    for _ in range(25):
-        logits, labels, tasks = batch_logits(a, batch, "cpu")
+    for _ in range(steps):
+        logits, labels, rows = logits_of(a)
         loss = row_loss(logits, labels)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
+    return losses, logits.detach(), labels, rows, a
+
+
+def test_a_few_steps_lower_the_loss():
+    """Sanity of the whole step: on one fixed batch, 25 AdamW steps cut the loss well down."""
+    batch = _small_batch(chunks=1, clips=2)
+    losses, logits, labels, tasks, a = _fit(1, 25, lambda a: batch_logits(a, batch, "cpu"))
     assert losses[-1] < 0.5 * losses[0], losses
-    hits = letter_hits(logits.detach(), labels, tasks, a)
+    hits = letter_hits(logits, labels, tasks, a)
     assert {kind for kind, _, _ in hits} <= {"mc", "hint"} and all(isinstance(ok, bool) for _, _, ok in hits)
 
 
@@ -193,23 +200,10 @@ def test_letter_hits_reads_the_letter_at_the_answer(synth_adapter):
 def test_text_warmup_rows_are_hinted_and_learnable():
     """The warm-up's rows need no video, carry their answer in the question, and a few steps on one
     batch lower their loss."""
-    from vidqa.synth.model import build_model_and_processor
     from vidqa.synth.train import text_logits
     from vidqa.synth.train_data import HintedRows
-    from vidqa.vlm.qwen2_5_vl import Qwen2_5_VLAdapter
 
     rows = next(iter(HintedRows(0, rows=12)))
     assert len(rows) == 12 and all(r.kind == "hint" and f"The answer is {r.answer}." in r.prompt for r in rows)
-    model, processor = build_model_and_processor(seed=2)
-    a = Qwen2_5_VLAdapter(model, processor, "synth-tiny")
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(15):
-        logits, labels, _ = text_logits(a, rows, "cpu")
-        loss = row_loss(logits, labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
+    losses, *_ = _fit(2, 15, lambda a: text_logits(a, rows, "cpu"))
     assert losses[-1] < 0.5 * losses[0], losses
