@@ -85,7 +85,6 @@ def test_rows_over_a_shared_video_cache_equal_whole_sequences(synth_adapter):
     batch = _small_batch()
     with torch.no_grad():
         logits, labels, tasks = batch_logits(a, batch, "cpu")
-    model = a.model
     frames = to_model_frames(batch["frames"])
     ids, is_visual, positions, next_pos = video_template(a, batch, (8, 16))
     q_ids, q_labels, q_pos, clip_of_row, _ = question_rows(a, batch, next_pos)

@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 
 from vidqa.synth.questions import TASKS
-from vidqa.synth.train_data import ClipBatches, pick_questions
+from vidqa.synth.train_data import CHUNK, ClipBatches, pick_questions
+from vidqa.vlm.vision_attention import packed_vision_attention
 
 HEIGHT, WIDTH = 112, 224  # what the processor makes of the world's 448x252 (16:9) videos
 CHECKPOINT_EVERY_S = 120
@@ -114,7 +115,7 @@ def video_template(adapter, batch: dict, patch_hw: tuple[int, int]):
         pos += len(tok)
 
     text(adapter.prompt_prefix())
-    frames_per_chunk = 16
+    frames_per_chunk = CHUNK
     grids = frames_per_chunk // adapter.temporal_patch
     for c in range(batch["chunks"]):
         pos += batch["gap"] if c == 0 else batch["chunk_gaps"][c]
@@ -170,8 +171,6 @@ def question_rows(adapter, batch: dict, start: int):
 def batch_logits(adapter, batch: dict, device, augment: bool = False, generator=None):
     """Logits ``[R, Lq, V]`` of the question rows of ``batch`` and their labels ``[R, Lq]`` and tasks."""
     model = adapter.model
-    from vidqa.vlm.vision_attention import packed_vision_attention
-
     frames = to_model_frames(batch["frames"].to(device, non_blocking=True), augment, generator)
     b, n_frames = frames.shape[:2]
     vp = adapter.processor.video_processor
