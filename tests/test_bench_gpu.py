@@ -1,4 +1,4 @@
-"""bench/gpu.py: its FLOP counters, its parallel video generation, its model specs, and a smoke run.
+"""bench/gpu.py and its modules: FLOP counters, parallel video generation, model specs, and a smoke run.
 
 The counters are checked against hand counts and against torch's FlopCounterMode on tiny real
 architectures (eager attention, so that attention runs as matmuls the counter sees); the generated
@@ -22,13 +22,22 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
 @pytest.fixture(scope="module")
-def gpu():
-    spec = importlib.util.spec_from_file_location("bench_gpu", BENCH / "gpu.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_gpu"] = module  # the generation pool pickles its worker function by module name
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules["bench_gpu"]
+def bench():
+    """Imports bench/ modules by name, as they import each other when bench/gpu.py runs (its folder on
+    sys.path); the generation pool pickles its worker function by that name too. Undone afterwards."""
+    sys.path.insert(0, str(BENCH))
+    yield importlib.import_module
+    sys.path.remove(str(BENCH))
+    for name in [n for n, m in sys.modules.items() if str(getattr(m, "__file__", None)).startswith(str(BENCH))]:
+        del sys.modules[name]
+
+
+def _bench_module(name: str):
+    """A fixture named ``name``: bench/<name>.py, imported by name."""
+    return pytest.fixture(scope="module", name=name)(lambda bench: bench(name))
+
+
+gpu, gpu_flops, gpu_video, gpu_models = map(_bench_module, ["gpu", "gpu_flops", "gpu_video", "gpu_models"])
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +55,7 @@ def _counted(fn) -> int:
 
 
 # ---------------------------------------------------------------------- FLOP counters
-def test_qwen_vision_flops_hand_count(gpu, tiny_qwen):
+def test_qwen_vision_flops_hand_count(gpu_flops, tiny_qwen):
     vc = tiny_qwen.config.vision_config  # d 32, mlp 64, depth 2 (block 1 full), patch 4, window 16 px
     d, i, patches = 32, 64, 2 * 8 * 8  # one video grid t=2, h=w=8 patches
     embed = 2 * patches * (3 * 2 * 4 * 4) * d
@@ -54,13 +63,13 @@ def test_qwen_vision_flops_hand_count(gpu, tiny_qwen):
     merger = 2 * (patches // 4) * (4 * d * 4 * d + 4 * d * 64)
     full = 4 * d * 2 * 64 ** 2  # block 1: each of the 2 temporal grids attends over its 64 patches
     windows = 4 * d * 2 * 4 * 16 ** 2  # block 0: 4x4 merged tokens -> 4 windows of 2x2 merged = 16 patches
-    got = gpu.qwen_vision_flops(vc, [(2, 8, 8)])
+    got = gpu_flops.qwen_vision_flops(vc, [(2, 8, 8)])
     assert got["attention"] == full + windows
     assert got["total"] == embed + blocks + merger + full + windows == 8_912_896
 
 
 @pytest.mark.parametrize("grid", [(2, 12, 20), (4, 16, 16), (2, 10, 14)])  # the last has partial windows
-def test_qwen_vision_flops_equal_flop_counter(gpu, tiny_qwen, grid):
+def test_qwen_vision_flops_equal_flop_counter(gpu_flops, tiny_qwen, grid):
     vis = tiny_qwen.model.visual
     previous = vis.config._attn_implementation
     vis.config._attn_implementation = "eager"
@@ -69,12 +78,12 @@ def test_qwen_vision_flops_equal_flop_counter(gpu, tiny_qwen, grid):
         counted = _counted(lambda: vis(pixels, grid_thw=torch.tensor([grid])))
     finally:
         vis.config._attn_implementation = previous
-    assert gpu.qwen_vision_flops(vis.config, [grid])["total"] == counted
+    assert gpu_flops.qwen_vision_flops(vis.config, [grid])["total"] == counted
     # two calls' worth of grids add up
-    assert gpu.qwen_vision_flops(vis.config, [grid, grid])["total"] == 2 * counted
+    assert gpu_flops.qwen_vision_flops(vis.config, [grid, grid])["total"] == 2 * counted
 
 
-def test_llm_flops_equal_flop_counter_and_causal_hand_count(gpu, tiny_qwen):
+def test_llm_flops_equal_flop_counter_and_causal_hand_count(gpu_flops, tiny_qwen):
     from transformers import DynamicCache
 
     lm = tiny_qwen.model.language_model
@@ -92,39 +101,39 @@ def test_llm_flops_equal_flop_counter_and_causal_hand_count(gpu, tiny_qwen):
     finally:
         lm.config._attn_implementation = previous
     # eager attention computes the whole 7 x 17 rectangle (masked afterwards)
-    assert gpu.llm_flops(tc, [(7, 10)], causal=False)["total"] == counted
+    assert gpu_flops.llm_flops(tc, [(7, 10)], causal=False)["total"] == counted
     linears = sum(m.weight.numel() for m in lm.layers.modules() if isinstance(m, torch.nn.Linear))
-    assert gpu.llm_linear_params(tc) == linears == 73_728
-    causal = gpu.llm_flops(tc, [(7, 10)])
+    assert gpu_flops.llm_linear_params(tc) == linears == 73_728
+    causal = gpu_flops.llm_flops(tc, [(7, 10)])
     # query j sees 10 + j + 1 keys: 70 + 28 pairs; 4 heads x 16 dims x 2 layers x 4 FLOP per pair
     assert causal["attention"] == 4 * 4 * 16 * 2 * (70 + 28)
     assert causal["linear"] == 2 * 73_728 * 7 and causal["tokens"] == 7
 
 
-def test_siglip_vision_flops_equal_flop_counter(gpu):
+def test_siglip_vision_flops_equal_flop_counter(gpu_flops):
     from vidqa.vlm.tiny import tiny_llava_onevision
 
     model, _ = tiny_llava_onevision()
     tower = model.model.vision_tower
     tower.config._attn_implementation = "eager"
     counted = _counted(lambda: tower(torch.randn(3, 3, 16, 16)))
-    assert gpu.siglip_vision_flops(model.config.vision_config, 3)["total"] == counted
+    assert gpu_flops.siglip_vision_flops(model.config.vision_config, 3)["total"] == counted
 
 
 # ---------------------------------------------------------------------- video generation
-def test_segments_join_into_one_decodable_video(gpu, tmp_path):
+def test_segments_join_into_one_decodable_video(gpu_video, tmp_path):
     import av
 
     from vidqa.video import open_video, read_frames
 
     jobs = [(str(tmp_path / f"p{k}.mp4"), 30, a, min(a + 10, 30), 64, 48, 4, 1) for k, a in enumerate(range(0, 30, 10))]
-    parts = [gpu.render_segment(j)[0] for j in jobs]
+    parts = [gpu_video.render_segment(j)[0] for j in jobs]
     separately = []
     for p in parts:
         with av.open(p) as c:
             separately += [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     out = tmp_path / "joined.mp4"
-    assert gpu.join_segments(parts, out) == 30
+    assert gpu_video.join_segments(parts, out) == 30
     info = open_video(out)
     assert info.num_frames == 30 and abs(info.duration - 30) < 1e-6 and (info.width, info.height) == (64, 48)
     with av.open(str(out)) as c:
@@ -136,8 +145,8 @@ def test_segments_join_into_one_decodable_video(gpu, tmp_path):
     assert len(clip.frames) == 30 and np.allclose(clip.times, np.arange(30))
 
 
-def test_video_factory_caches_by_path(gpu, tmp_path):
-    factory = gpu.VideoFactory(tmp_path, 64, 48, scale=4, workers=2)
+def test_video_factory_caches_by_path(gpu_video, tmp_path):
+    factory = gpu_video.VideoFactory(tmp_path, 64, 48, scale=4, workers=2)
     try:
         first = factory.finish(factory.submit(40))
         again = factory.finish(factory.submit(40))
@@ -165,11 +174,11 @@ def _tiny_copy(spec: dict) -> dict:
 
 
 @pytest.mark.parametrize("name", ["qwen2_5_vl_3b", "qwen2_5_vl_7b"])
-def test_qwen_specs_build(gpu, name):
+def test_qwen_specs_build(gpu_models, name):
     from vidqa.vlm.qwen2_5_vl import Qwen2_5_VLAdapter
 
     spec = json.loads((BENCH / "configs" / f"{name}.json").read_text())
-    model, processor = gpu.build_qwen(_tiny_copy(spec), 448 * 448, "cpu", torch.float32)
+    model, processor = gpu_models.build_qwen(_tiny_copy(spec), 448 * 448, "cpu", torch.float32)
     assert model.config.vision_config.window_size == spec["vision_config"]["window_size"] == 112
     tied = model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
     assert tied == spec["text_config"]["tie_word_embeddings"]
@@ -179,12 +188,12 @@ def test_qwen_specs_build(gpu, name):
     assert len(tokens) == 12 * 21  # 720p capped at 448^2 px -> 336x588 -> 12x21 merged tokens per 2 frames
 
 
-def test_llava_onevision_spec_builds_with_196_tokens_per_frame(gpu):
+def test_llava_onevision_spec_builds_with_196_tokens_per_frame(gpu_models):
     from vidqa.vlm.llava_onevision import LlavaOnevisionAdapter
 
     spec = json.loads((BENCH / "configs" / "llava_onevision_7b.json").read_text())
     assert spec["text_config"]["hidden_size"] == 3584 and spec["vision_config"]["image_size"] == 384
-    model, processor = gpu.build_llava(_tiny_copy(spec), "cpu", torch.float32)
+    model, processor = gpu_models.build_llava(_tiny_copy(spec), "cpu", torch.float32)
     adapter = LlavaOnevisionAdapter(model, processor, "llava")
     assert adapter.tokens_per_frame == 196  # 27x27 SigLIP patches pooled to 14x14
     tokens = adapter.encode(np.zeros((2, 72, 128, 3), np.uint8), np.array([0.0, 1.0]))
