@@ -97,14 +97,16 @@ class JsonlAppender:
 
 
 def write_json_atomic(path: str | Path, obj) -> None:
-    _write_atomic(Path(path), json.dumps(obj, indent=1, ensure_ascii=False, default=_jsonable) + "\n")
+    write_text_atomic(Path(path), json.dumps(obj, indent=1, ensure_ascii=False, default=_jsonable) + "\n")
 
 
 def write_jsonl_atomic(path: str | Path, rows: Iterable[dict]) -> None:
-    _write_atomic(Path(path), "".join(json.dumps(r, ensure_ascii=False, default=_jsonable) + "\n" for r in rows))
+    write_text_atomic(Path(path), "".join(json.dumps(r, ensure_ascii=False, default=_jsonable) + "\n" for r in rows))
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` so that a reader sees the old file or the new one, never a part:
+    a temporary file beside it, fsynced, renamed over it, and the folder fsynced."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:

@@ -12,7 +12,7 @@ import numpy as np
 from gpu_markdown import markdown
 
 # temporary file + os.replace: a reader of the results never sees half a file
-from vidqa.app.jsonl import _write_atomic as write_atomic
+from vidqa.app.jsonl import write_text_atomic as write_atomic
 
 
 def _json_default(x):
