@@ -163,10 +163,9 @@ def run(timeline: Timeline, label: str) -> list[str]:
         if (start + CHUNK_FRAMES) % int(WINDOW_S * FPS) == 0:
             flush_window()
     flush_window()
-    video = VisualTokens.cat(stored)
-    video.extra["segment_starts"] = [s for part in stored for s in part.extra.get("segment_starts", [])]
+    video = VisualTokens.cat(stored)  # keeps the segment starts of every chunk
     count(default, timed(default, aware, video, context), attended=True)
-    default.starts = video.extra["segment_starts"]
+    default.starts = video.extra.get("segment_starts", [])
 
     minutes = n_frames / FPS / 60
     onset_tokens = int(torch.isin(torch.arange(total // SIDE**2), onset).sum()) * SIDE * SIDE
