@@ -76,6 +76,35 @@ class Session:
         return self.qa
 
 
+EVIDENCE_SEPARATOR = "\n\nEvidence: "
+NOT_ANSWERS = ("Error:", "Ingest a video first.", "(no answer)")
+
+
+def _text(content) -> str:
+    """A chat message's text: Gradio 6 gives a string or a list of parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
+    return str(content or "")
+
+
+def chat_turns(messages) -> list[tuple[str, str]]:
+    """The (question, answer) pairs of a chat, oldest first, for a follow-up question: evidence
+    lines and error replies left out."""
+    turns, question = [], None
+    for m in messages or []:
+        text = _text(m.get("content"))
+        if m.get("role") == "user":
+            question = text
+        elif m.get("role") == "assistant" and question is not None:
+            answer = text.split(EVIDENCE_SEPARATOR, 1)[0].strip()
+            if answer and not answer.startswith(NOT_ANSWERS):
+                turns.append((question, answer))
+            question = None
+    return turns
+
+
 def _host_mb() -> float:
     with open("/proc/self/status") as f:
         for line in f:
@@ -162,6 +191,7 @@ def build_app(qa_factory, allowed_dirs: list[str | Path] = (), max_upload_mb: in
     def ask(question, history, ingested, budget, positions):
         """Streams the answer into the chat, then its evidence spans, thumbnails and status."""
         history = list(history or [])
+        turns = chat_turns(history)  # the follow-up sees the earlier questions and answers
         if ingested is None:
             history.append({"role": "assistant", "content": "Ingest a video first."})
             yield history, gr.update(choices=[], value=None), [], "No video ingested."
@@ -175,7 +205,7 @@ def build_app(qa_factory, allowed_dirs: list[str | Path] = (), max_upload_mb: in
             with session.lock:
                 apply_ask_settings(budget, positions)
                 answer = None
-                for piece in session.engine().ask_stream(memory, question):
+                for piece in session.engine().ask_stream(memory, question, history=turns):
                     if isinstance(piece, str):
                         history[-1]["content"] += piece
                         yield history, gr.update(), gr.update(), "Answering..."
@@ -187,7 +217,7 @@ def build_app(qa_factory, allowed_dirs: list[str | Path] = (), max_upload_mb: in
                       f"attended; first token {answer.timings['ttft']:.2f}s, total {answer.timings['total']:.2f}s; "
                       f"host {_host_mb():.0f} MiB, GPU {_gpu_mb():.0f} MiB")
             history[-1]["content"] = (answer.text or "(no answer)") + \
-                ("\n\nEvidence: " + ", ".join(spans) if spans else "")
+                (EVIDENCE_SEPARATOR + ", ".join(spans) if spans else "")
             yield history, gr.update(choices=spans, value=None), thumbs, status
         except VidqaError as err:
             history[-1]["content"] = f"Error: {err}"

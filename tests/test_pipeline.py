@@ -116,3 +116,36 @@ def test_out_of_gpu_memory_everywhere_is_a_clear_error_and_saves_nothing(qa, cli
     with pytest.raises(ResourceError, match="max-pixels"):
         qa.ingest(clip)
     assert not qa.memory_path(clip).exists()
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_onevision"])
+def test_follow_up_prompt_is_the_models_own_chat_format(family, request):
+    """The text after the video for a follow-up equals the chat template's rendering of the turns."""
+    adapter = request.getfixturevalue(f"{'qwen' if family == 'qwen2_5_vl' else 'llava'}_adapter")
+    history = [("What is shown?", "A red circle."), ("And then?", "A card.")]
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": history[0][0]}]}]
+    for q, a in history:
+        if messages[-1]["role"] == "assistant":
+            messages.append({"role": "user", "content": [{"type": "text", "text": q}]})
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": a}]})
+    messages.append({"role": "user", "content": [{"type": "text", "text": "Which colour?"}]})
+    rendered = adapter.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    text = adapter.prompt_conversation(history, "Which colour?")
+    assert rendered.endswith(text) and text.startswith(adapter.prompt_question(history[0][0]))
+    assert adapter.prompt_conversation([], "Which colour?", "B") == adapter.prompt_question("Which colour?", "B")
+
+
+def test_ask_with_history_shows_the_earlier_turns(qa, clip):
+    from vidqa.pipeline import MAX_HISTORY_CHARS, recent_turns
+
+    plain = qa.ask(clip, "Which colour?")
+    history = [("What is shown?", "A red circle.")]
+    follow = qa.ask(clip, "Which colour?", history=history)
+    conversation = qa.adapter.prompt_conversation(history, "Which colour?")
+    assert follow.tokens["question"] == len(qa.adapter.tokenize(conversation)) > plain.tokens["question"]
+    long = [("q" * 6000, "a" * 3000)] * 3  # 9,000 characters a turn: one fits, two do not
+    assert 9000 + 26 <= MAX_HISTORY_CHARS < 2 * 9000
+    assert recent_turns(long + history) == [long[-1]] + history
+    assert recent_turns(long) == long[-1:]
+    with pytest.raises(QuestionError):
+        qa.ask(clip, "Which colour?", history=[("only a question",)])

@@ -286,3 +286,15 @@ def test_real_browser_ingests_asks_and_seeks(served):
             browser.close()
     assert shot.stat().st_size > 20_000
     assert not left_machine, left_machine  # the page works offline: nothing but loopback was asked for
+
+
+def test_chat_turns_feed_follow_ups_without_evidence_or_errors():
+    from vidqa.app.ui import chat_turns
+
+    messages = [{"role": "user", "content": "What is shown?"},
+                {"role": "assistant", "content": "A red circle.\n\nEvidence: 00:04-00:06"},
+                {"role": "user", "content": "Broken?"}, {"role": "assistant", "content": "Error: no video"},
+                {"role": "user", "content": [{"type": "text", "text": "And then?"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "A card."}]}]
+    assert chat_turns(messages) == [("What is shown?", "A red circle."), ("And then?", "A card.")]
+    assert chat_turns([]) == [] and chat_turns(None) == []

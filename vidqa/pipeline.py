@@ -30,7 +30,27 @@ from vidqa.memory.attention import uneven_attention
 from vidqa.memory.persist import load_memory, save_memory
 
 MAX_QUESTION_CHARS = 8000
+MAX_HISTORY_CHARS = 16000  # earlier turns shown with a follow-up question; older ones are dropped first
 MAX_OPTIONS = 26
+
+
+def recent_turns(history) -> list[tuple[str, str]]:
+    """The most recent ``(question, answer)`` pairs of ``history`` within :data:`MAX_HISTORY_CHARS`,
+    oldest first; a malformed history is a :class:`QuestionError`."""
+    if not history:
+        return []
+    turns = []
+    for turn in history:
+        if not (isinstance(turn, (tuple, list)) and len(turn) == 2 and all(isinstance(x, str) for x in turn)):
+            raise QuestionError("history must be a list of (question, answer) pairs of strings")
+        turns.append((turn[0].strip(), turn[1].strip()))
+    kept, used = [], 0
+    for q, a in reversed(turns):
+        used += len(q) + len(a)
+        if used > MAX_HISTORY_CHARS:
+            break
+        kept.append((q, a))
+    return kept[::-1]
 
 
 @dataclass
@@ -200,11 +220,13 @@ class VideoQA:
     # ------------------------------------------------------------------ ask
     def ask(self, video_or_memory, question: str, options: list[str] | None = None,
             max_new_tokens: int | None = None, stream: Callable[[str], None] | None = None,
-            progress: ProgressFn | None = None) -> Answer:
+            progress: ProgressFn | None = None, history: list[tuple[str, str]] | None = None) -> Answer:
         """Answers ``question``; with ``options`` it is asked as multiple choice in MLVU's wording
-        and ``Answer.choice_index`` holds the parsed option. ``stream`` receives text pieces."""
+        and ``Answer.choice_index`` holds the parsed option. ``stream`` receives text pieces.
+        ``history``: earlier ``(question, answer)`` turns about the same video, oldest first, which the
+        model sees before the question (the most recent that fit in :data:`MAX_HISTORY_CHARS`)."""
         answer = None
-        for piece in self.ask_stream(video_or_memory, question, options, max_new_tokens, progress):
+        for piece in self.ask_stream(video_or_memory, question, options, max_new_tokens, progress, history):
             if isinstance(piece, Answer):
                 answer = piece
             elif stream is not None:
@@ -212,10 +234,11 @@ class VideoQA:
         return answer
 
     def ask_stream(self, video_or_memory, question: str, options: list[str] | None = None,
-                   max_new_tokens: int | None = None,
-                   progress: ProgressFn | None = None) -> Iterator[str | Answer]:
-        """Yields text pieces as they are generated, then the final :class:`Answer`."""
+                   max_new_tokens: int | None = None, progress: ProgressFn | None = None,
+                   history: list[tuple[str, str]] | None = None) -> Iterator[str | Answer]:
+        """Yields text pieces as they are generated, then the final :class:`Answer` (see :meth:`ask`)."""
         prompt, prefix = self._question_text(question, options)
+        turns = recent_turns(history)
         t0 = time.perf_counter()
         if isinstance(video_or_memory, VideoMemory):
             memory = video_or_memory
@@ -224,7 +247,7 @@ class VideoQA:
         t_ingest = time.perf_counter() - t0
         adapter, mc = self.adapter, self.config.memory
         t1 = time.perf_counter()
-        q_ids = adapter.tokenize(adapter.prompt_question(prompt, prefix))
+        q_ids = adapter.tokenize(adapter.prompt_conversation(turns, prompt, prefix))
         q_embeds = adapter.embed_ids(q_ids)
         _, budget = self._chains()
         context = None

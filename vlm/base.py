@@ -145,6 +145,33 @@ class VLMAdapter(ABC):
     def prompt_question(self, question: str, answer_prefix: str = "") -> str:
         """Text after the video: the question, end of the user turn, the assistant turn (+ prefix)."""
 
+    def prompt_conversation(self, history: list[tuple[str, str]], question: str, answer_prefix: str = "") -> str:
+        """Text after the video for ``question`` asked after earlier ``(question, answer)`` turns about
+        the same video (oldest first), in the model's own chat format; without history it is
+        :meth:`prompt_question`. The turn separators come from the processor's chat template."""
+        if not history:
+            return self.prompt_question(question, answer_prefix)
+        brk, close = self._turn_pieces()
+        (q0, a0), rest = history[0], history[1:]
+        text = self.prompt_question(q0) + a0
+        for q, a in rest:
+            text += brk + q + close + a
+        return text + brk + question + close + answer_prefix
+
+    def _turn_pieces(self) -> tuple[str, str]:
+        """(text between an answer and the next question, text between a follow-up question and its
+        answer), read off the chat template rendered around marker strings."""
+        if getattr(self, "_turns", None) is None:
+            a, q = "\u27e6A\u27e7", "\u27e6Q\u27e7"
+            messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "x"}]},
+                        {"role": "assistant", "content": [{"type": "text", "text": a}]},
+                        {"role": "user", "content": [{"type": "text", "text": q}]}]
+            rendered = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            after_answer = rendered.split(a, 1)[1]
+            brk, close = after_answer.split(q, 1)
+            self._turns = (brk, close)
+        return self._turns
+
     # ------------------------------------------------------------------ LLM over an explicit cache
     def forward(self, embeds: torch.Tensor, positions: torch.Tensor, cache: DynamicCache | None,
                 logits_for: str = "last") -> torch.Tensor:
