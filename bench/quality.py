@@ -95,6 +95,14 @@ def run_variant(name: str, config: VidqaConfig, questions, model: str, adapter, 
     }
 
 
+def tokens_per_frame(adapter, video: str) -> float:
+    """Visual tokens the model makes of one frame of ``video`` (two frames encoded, halved)."""
+    from vidqa.video import read_frames
+
+    clip = read_frames(video, num_frames=2)
+    return len(adapter.encode(clip.frames, clip.times)) / len(clip.times)
+
+
 def table(results: list[dict]) -> str:
     tasks = sorted({t for r in results for t in (r["tasks"] or {})})
     lines = ["Accuracy in % per task; replies no option could be read from count as wrong.", "",
@@ -129,14 +137,11 @@ def main(argv=None) -> int:
         if not (folder / "questions.json").exists():
             generate(folder, minutes * 60, args.seed, per_task=args.per_task)
         questions = load_mlvu(folder / "questions.json", video_root=folder)
-        frames_for_budget = None
-        for name, config in variants(args.token_budget, 2).items():
+        # uniform: the even number of frames whose tokens fill the budget
+        frames_for_budget = max(2, int(args.token_budget / tokens_per_frame(adapter, questions[0].video)) // 2 * 2)
+        for name, config in variants(args.token_budget, frames_for_budget).items():
             if args.variants and name not in args.variants:
                 continue
-            if name == "uniform":  # K frames whose tokens fill the budget, from the 1-fps run's tokens per frame
-                per_frame = results[-1]["visual_stored"] / max(1, results[-1]["frames"]) if results else 1
-                frames_for_budget = max(2, int(args.token_budget / per_frame) // 2 * 2)
-                config = variants(args.token_budget, frames_for_budget)["uniform"]
             r = run_variant(name, config, questions, args.model, adapter, out / f"{minutes:g}min" / name)
             r["minutes"] = minutes
             results.append(r)

@@ -115,13 +115,12 @@ def video_template(adapter, batch: dict, patch_hw: tuple[int, int]):
         pos += len(tok)
 
     text(adapter.prompt_prefix())
-    frames_per_chunk = CHUNK
-    grids = frames_per_chunk // adapter.temporal_patch
+    grids = CHUNK // adapter.temporal_patch
     for c in range(batch["chunks"]):
         pos += batch["gap"] if c == 0 else batch["chunk_gaps"][c]
-        f0 = c * frames_per_chunk
+        f0 = c * CHUNK
         tokens = grids * (patch_hw[0] // adapter.merge) * (patch_hw[1] // adapter.merge)
-        meta = adapter.token_metadata(torch.zeros(tokens, 1), (grids, *patch_hw), times[f0:f0 + frames_per_chunk], f0)
+        meta = adapter.token_metadata(torch.zeros(tokens, 1), (grids, *patch_hw), times[f0:f0 + CHUNK], f0)
         layout = adapter.chunk_layout(meta)
         text(adapter.chunk_open(layout.t0))
         ids.append(torch.zeros(len(meta), dtype=torch.long))
