@@ -9,9 +9,9 @@ a 448x252 video), with every question the timeline supports:
 * the same questions *open-ended* (no options), answered with the option's text: what was seen,
   without the letter lookup;
 * the same multiple-choice questions with the answer given away in the question (``The answer is
-  red.``): the letter lookup without perception. A model trained from scratch on letters alone stays
-  at chance for thousands of steps (two earlier runs of this project did); splitting the task into
-  its two halves gives each a direct signal;
+  red.``): the letter lookup without perception. Trained from scratch on letters alone, the runs of
+  this project stayed at chance for their 400-1,100 steps; splitting the task into its two halves
+  gives each a direct signal (the lookup still needs more steps: see :class:`HintedRows`);
 * ``Describe the video.``, answered with :func:`vidqa.synth.describe.describe` of the clip: one
   sentence per scene, object, card and anomaly, the densest perception signal the world has.
 
