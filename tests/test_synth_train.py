@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vidqa.synth.train import (HEIGHT, WIDTH, batch_logits, letter_hits, patchify, question_rows, row_loss,
+from vidqa.synth.train import (HEIGHT, WIDTH, batch_logits, blur_clips, letter_hits, patchify, question_rows, row_loss,
                                to_model_frames, video_template)
 from vidqa.synth.train_data import DESCRIBE, ClipBatches, batch_layout, make_clip
 
@@ -164,6 +164,23 @@ def test_augmentation_is_mild_and_seeded():
     assert float(a.min()) >= 0 and float(a.max()) <= 255
     diff = (a - plain).abs().mean(dim=(1, 2, 3, 4))
     assert bool((diff < 12).all()) and float(diff.max()) > 0.1  # changed, but the content is intact
+
+
+def test_blur_uses_each_clips_own_kernel():
+    """The grouped convolution equals blurring each clip on its own (rows, then columns, edges replicated)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(3, 5, 9, 11, generator=g) * 255
+    kernel = torch.rand(3, 5, generator=g)
+    kernel = kernel / kernel.sum(dim=1, keepdim=True)
+    out = blur_clips(x, kernel)
+    for i in range(3):
+        planes = x[i][:, None]  # [P, 1, H, W]
+        ref = torch.nn.functional.conv2d(torch.nn.functional.pad(planes, (2, 2, 0, 0), mode="replicate"),
+                                         kernel[i].view(1, 1, 1, 5))
+        ref = torch.nn.functional.conv2d(torch.nn.functional.pad(ref, (0, 0, 2, 2), mode="replicate"),
+                                         kernel[i].view(1, 1, 5, 1))
+        torch.testing.assert_close(out[i], ref[:, 0])
+    assert not torch.allclose(out[0], blur_clips(x, kernel.flip(0))[0])  # the kernel of clip 0 matters
 
 
 def test_every_question_is_also_asked_open_and_hinted():

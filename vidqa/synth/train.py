@@ -48,6 +48,17 @@ HEIGHT, WIDTH = 112, 224  # what the processor makes of the world's 448x252 (16:
 CHECKPOINT_EVERY_S = 120
 
 
+def blur_clips(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Separable blur of every plane of clip ``i`` of ``x [B, P, H, W]`` with the 5 taps ``kernel[i]``
+    (``[B, 5]``), edges replicated: one grouped convolution over all B*P planes, not one per clip."""
+    b, planes = x.shape[:2]
+    k = kernel.repeat_interleave(planes, dim=0)  # [B*P, 5]
+    y = x.reshape(1, b * planes, *x.shape[2:])
+    y = F.conv2d(F.pad(y, (2, 2, 0, 0), mode="replicate"), k.view(-1, 1, 1, 5), groups=b * planes)
+    y = F.conv2d(F.pad(y, (0, 0, 2, 2), mode="replicate"), k.view(-1, 1, 5, 1), groups=b * planes)
+    return y.reshape(x.shape)
+
+
 def to_model_frames(frames: torch.Tensor, augment: bool = False, generator: torch.Generator | None = None):
     """uint8 renders ``[B, T, 126, 224, 3]`` -> float frames ``[B, T, 112, 224, 3]`` in [0, 255] (rounded).
 
@@ -57,20 +68,13 @@ def to_model_frames(frames: torch.Tensor, augment: bool = False, generator: torc
     x = frames.permute(0, 1, 4, 2, 3).reshape(b * t, 3, *frames.shape[2:4]).float()
     x = F.interpolate(x, size=(HEIGHT, WIDTH), mode="bicubic", antialias=True, align_corners=False)
     if augment:
-        x = x.reshape(b, t * 3, HEIGHT, WIDTH)
         sigma = torch.rand(b, generator=generator, device="cpu") * 0.8
         taps = torch.arange(-2, 3, dtype=torch.float32)
         kernel = torch.exp(-taps[None] ** 2 / (2 * sigma[:, None].clamp(min=1e-3) ** 2))
         kernel = (kernel / kernel.sum(dim=1, keepdim=True)).to(x.device)  # [B, 5]
-        out = []
-        for i in range(b):  # separable blur, one kernel per clip, edges replicated
-            k = kernel[i]
-            y = F.conv2d(F.pad(x[i:i + 1].transpose(0, 1), (2, 2, 0, 0), mode="replicate"), k.view(1, 1, 1, 5))
-            y = F.conv2d(F.pad(y, (0, 0, 2, 2), mode="replicate"), k.view(1, 1, 5, 1))
-            out.append(y.transpose(0, 1))
-        x = torch.cat(out)
+        x = blur_clips(x.reshape(b, t * 3, HEIGHT, WIDTH), kernel)
         std = (torch.rand(b, 1, 1, 1, generator=generator) * 3).to(x.device)
-        noise = torch.randn(b, 1, HEIGHT, WIDTH, generator=generator).to(x.device) * std
+        noise = torch.randn(b, 1, HEIGHT, WIDTH, generator=generator).to(x.device) * std  # grey: same in every channel
         x = (x + noise).reshape(b * t, 3, HEIGHT, WIDTH)
     x = x.clamp(0, 255).round()
     return x.reshape(b, t, 3, HEIGHT, WIDTH).permute(0, 1, 3, 4, 2)
@@ -157,11 +161,10 @@ def question_rows(adapter, batch: dict, start: int):
             clip_of_row.append(i)
             tasks.append(qa)
     length = max(len(r) for r in rows)
-    ids = torch.zeros(len(rows), length, dtype=torch.long)
-    labels = torch.full((len(rows), length), -100, dtype=torch.long)
-    for r, (row, sup) in enumerate(zip(rows, sups)):
-        ids[r, :len(row)] = torch.tensor(row)
-        labels[r, :len(row)] = torch.where(torch.tensor(sup), torch.tensor(row), torch.tensor(-100))
+    # Padded in Python and converted once: thousands of tiny tensor ops per step otherwise.
+    ids = torch.tensor([r + [0] * (length - len(r)) for r in rows], dtype=torch.long)
+    labels = torch.tensor([[t if s else -100 for t, s in zip(r, m)] + [-100] * (length - len(r))
+                           for r, m in zip(rows, sups)], dtype=torch.long)
     start = start + batch["question_gap"]
     positions = (torch.arange(length) + start).expand(3, len(rows), length).clone()
     return ids, labels, positions, torch.tensor(clip_of_row), tasks
@@ -174,9 +177,12 @@ def batch_logits(adapter, batch: dict, device, augment: bool = False, generator=
     b, n_frames = frames.shape[:2]
     vp = adapter.processor.video_processor
     grid = torch.tensor([n_frames // vp.temporal_patch_size, HEIGHT // vp.patch_size, WIDTH // vp.patch_size])
+    # All clips as one grid of b*T/2 temporal slices: Qwen2.5-VL's windows and full attention never
+    # cross a temporal slice and its rotary positions depend only on (h, w), so this equals one grid
+    # per clip (tested) with one pass of the tower's per-grid Python set-up instead of b.
+    stacked = torch.tensor([[b * int(grid[0]), int(grid[1]), int(grid[2])]], device=device)
     with packed_vision_attention(model.model.visual):
-        vis = model.model.visual(patchify(frames, adapter.processor).to(model.dtype),
-                                 grid_thw=grid.repeat(b, 1).to(device))
+        vis = model.model.visual(patchify(frames, adapter.processor).to(model.dtype), grid_thw=stacked)
     vis = vis.pooler_output if hasattr(vis, "pooler_output") else vis
     ids, is_visual, positions, next_pos = video_template(adapter, batch, (int(grid[1]), int(grid[2])))
     embed = model.get_input_embeddings()
@@ -260,14 +266,16 @@ def save_pretrained(model, processor, folder: Path, info: dict) -> None:
     (folder / "training.json").write_text(json.dumps(info, indent=1) + "\n")
 
 
-def warm(adapter, opt, args, device, log) -> None:
-    """The letter-lookup warm-up: ``--text-warmup-steps`` steps on hinted rows, language model only."""
+def warm(adapter, opt, args, device, log, deadline: float) -> None:
+    """The letter-lookup warm-up: ``--text-warmup-steps`` steps on hinted rows, language model only
+    (stopped early at half the time limit, so that the video steps keep the other half)."""
     from vidqa.synth.train_data import HintedRows
 
     rows = torch.utils.data.DataLoader(HintedRows(args.seed), batch_size=None, num_workers=min(4, args.workers),
                                        worker_init_fn=lambda _: torch.set_num_threads(1))
+    t0 = time.time()
     for step, batch in enumerate(rows):
-        if step == args.text_warmup_steps:
+        if step == args.text_warmup_steps or time.time() > deadline:
             return
         for g in opt.param_groups:
             g["lr"] = args.lr * min(1.0, (step + 1) / 100)
@@ -281,7 +289,8 @@ def warm(adapter, opt, args, device, log) -> None:
         if (step + 1) % args.log_every == 0:
             hits = [ok for _, _, ok in letter_hits(logits.detach(), labels, qa, adapter)]
             row = {"warmup_step": step + 1, "loss": round(float(loss.detach()), 4),
-                   "hinted_letter_acc": round(sum(hits) / max(1, len(hits)), 3)}
+                   "hinted_letter_acc": round(sum(hits) / max(1, len(hits)), 3),
+                   "elapsed_s": round(time.time() - t0, 1)}
             print(json.dumps(row), flush=True)
             log.write(json.dumps(row) + "\n")
 
@@ -348,7 +357,7 @@ def main(argv=None) -> int:
             t_wait = time.time()
 
     if args.text_warmup_steps:
-        warm(adapter, opt, args, device, log)
+        warm(adapter, opt, args, device, log, t_start + args.minutes * 30)
 
     for batch in batches():
         if step == 20:
