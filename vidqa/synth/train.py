@@ -318,6 +318,8 @@ def main(argv=None) -> int:
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--text-warmup-steps", type=int, default=0,
                     help="steps of hinted multiple choice without video first (the letter lookup)")
+    ap.add_argument("--questions-per-clip", type=int, default=3,
+                    help="multiple-choice questions drawn per clip and step (each also asked open and hinted)")
     ap.add_argument("--reuse", type=int, default=1, help="steps per rendered batch (new questions each time)")
     args = ap.parse_args(argv)
     random.seed(args.seed)
@@ -336,7 +338,8 @@ def main(argv=None) -> int:
     model.train()  # the adapter puts the model in eval mode
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05, betas=(0.9, 0.98))
     loader = torch.utils.data.DataLoader(
-        ClipBatches(args.seed + (7 if args.resume else 0), frames_per_batch=args.frames_per_batch),
+        ClipBatches(args.seed + (7 if args.resume else 0), frames_per_batch=args.frames_per_batch,
+                    questions_per_clip=args.questions_per_clip),
         batch_size=None, num_workers=args.workers, prefetch_factor=4 if args.workers else None,
         persistent_workers=args.workers > 0, worker_init_fn=lambda _: torch.set_num_threads(1),
         pin_memory=device == "cuda")
@@ -353,7 +356,7 @@ def main(argv=None) -> int:
         for rendered in loader:
             waited += time.time() - t_wait
             for k in range(args.reuse):
-                yield rendered if k == 0 else pick_questions(rendered, pick_rng)
+                yield rendered if k == 0 else pick_questions(rendered, pick_rng, args.questions_per_clip)
             t_wait = time.time()
 
     if args.text_warmup_steps:
@@ -402,6 +405,7 @@ def main(argv=None) -> int:
     info = {"steps": step, "schedule_steps": total if total < 10**9 else step,
             "text_warmup_steps": args.text_warmup_steps, "train_seconds": round(train_s, 1), "seed": args.seed,
             "resumed_from": args.resume, "lr": args.lr, "skipped_steps": skipped, "frames_per_batch": args.frames_per_batch,
+            "questions_per_clip": args.questions_per_clip, "reuse": args.reuse,
             "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "heldout_accuracy": acc}
     print(json.dumps(info), flush=True)
     log.write(json.dumps(info) + "\n")

@@ -140,8 +140,10 @@ class ClipBatches(torch.utils.data.IterableDataset):
     given worker count.
     """
 
-    def __init__(self, seed: int, held_out: bool = False, frames_per_batch: int = FRAMES_PER_BATCH):
+    def __init__(self, seed: int, held_out: bool = False, frames_per_batch: int = FRAMES_PER_BATCH,
+                 questions_per_clip: int = QUESTIONS_PER_CLIP):
         self.seed, self.held_out, self.frames_per_batch = seed, held_out, frames_per_batch
+        self.questions_per_clip = questions_per_clip
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -154,7 +156,7 @@ class ClipBatches(torch.utils.data.IterableDataset):
                                layout["dense"]) for _ in range(n)]
             batch = {"frames": torch.from_numpy(np.stack([f for f, _, _ in clips])), "times": clips[0][1],
                      "all_qa": [questions for _, _, questions in clips], **layout}
-            yield pick_questions(batch, rng)
+            yield pick_questions(batch, rng, self.questions_per_clip)
 
 
 class HintedRows(torch.utils.data.IterableDataset):
