@@ -266,7 +266,7 @@ def save_pretrained(model, processor, folder: Path, info: dict) -> None:
     (folder / "training.json").write_text(json.dumps(info, indent=1) + "\n")
 
 
-def warm(adapter, opt, args, device, log, deadline: float) -> None:
+def warm(adapter, opt, args, device, log, deadline: float) -> int:
     """The letter-lookup warm-up: ``--text-warmup-steps`` steps on hinted rows, language model only
     (stopped early at half the time limit, so that the video steps keep the other half)."""
     from vidqa.synth.train_data import HintedRows
@@ -276,7 +276,7 @@ def warm(adapter, opt, args, device, log, deadline: float) -> None:
     t0 = time.time()
     for step, batch in enumerate(rows):
         if step == args.text_warmup_steps or time.time() > deadline:
-            return
+            return step
         for g in opt.param_groups:
             g["lr"] = args.lr * min(1.0, (step + 1) / 100)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
@@ -359,8 +359,7 @@ def main(argv=None) -> int:
                 yield rendered if k == 0 else pick_questions(rendered, pick_rng, args.questions_per_clip)
             t_wait = time.time()
 
-    if args.text_warmup_steps:
-        warm(adapter, opt, args, device, log, t_start + args.minutes * 30)
+    warm_done = warm(adapter, opt, args, device, log, t_start + args.minutes * 30) if args.text_warmup_steps else 0
 
     for batch in batches():
         if step == 20:
@@ -403,7 +402,7 @@ def main(argv=None) -> int:
     save_weights(model, out / "model.safetensors")
     acc = evaluate(adapter, device, args.eval_batches, workers=min(args.workers, args.eval_batches))
     info = {"steps": step, "schedule_steps": total if total < 10**9 else step,
-            "text_warmup_steps": args.text_warmup_steps, "train_seconds": round(train_s, 1), "seed": args.seed,
+            "text_warmup_steps": args.text_warmup_steps, "text_warmup_done": warm_done, "train_seconds": round(train_s, 1), "seed": args.seed,
             "resumed_from": args.resume, "lr": args.lr, "skipped_steps": skipped, "frames_per_batch": args.frames_per_batch,
             "questions_per_clip": args.questions_per_clip, "reuse": args.reuse,
             "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "heldout_accuracy": acc}

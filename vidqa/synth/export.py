@@ -1,0 +1,120 @@
+"""Turning trainer weights into the bundled model folder, with its model card.
+
+    python -m vidqa.synth.export CHECKPOINT_DIR assets/models/synth-tiny [--log run.jsonl ...]
+
+``CHECKPOINT_DIR`` holds the trainer's ``model.safetensors`` and ``training.json``
+(:mod:`vidqa.synth.train`). The architecture, tokenizer and processor are rebuilt by
+:func:`vidqa.synth.model.build_model_and_processor` -- the same builders the trainer used -- and
+written with ``save_pretrained``, so the folder loads with plain ``transformers`` and vidqa's Qwen
+adapter drives it unchanged (``--model synth-tiny``). ``--log`` names the training logs of every
+stage (their final summary lines go into the card's training history).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+CARD = """\
+# synth-tiny
+
+A {params:.1f}M-parameter Qwen2.5-VL (`Qwen2_5_VLForConditionalGeneration`: {vision} vision blocks
+{vision_width} wide, {layers} language-model layers {width} wide, a {vocab}-word tokenizer) trained
+from scratch by `python -m vidqa.synth.train` on vidqa's **synthetic world only**: coloured shapes,
+word cards, scene backgrounds and anomalies rendered by `vidqa/synth/`. It knows nothing else. Do not
+expect it to answer about real videos; it exists so that vidqa's pipeline (streaming memory, token
+reduction, KV compression and retrieval) can be tested for answer quality offline.
+
+## Training
+{history}
+
+Clips of 1-6 chunks of 16 frames (1 fps, 224x112 model frames), placed at random times in a
+virtual video of up to 3 hours with random position gaps, so that the model sees the timestamps and
+positions that long videos give it. Every MLVU-style question the clip supports is asked three
+ways (multiple choice, open-ended, and with the answer given away), plus a description of the clip.
+The first stage trains the letter lookup on text alone (`--text-warmup-steps`).
+
+## Accuracy
+Held-out synthetic clips (seeds above 10,000,000, never used in training), multiple choice,
+teacher-forced letter accuracy (%) of the final stage, 4 options (chance 25%):
+
+{accuracy}
+
+Long-video accuracy through vidqa's pipeline is measured by `bench/quality.py`
+(`bench/results/quality_*.md`).
+
+## Use
+```bash
+vidqa ask assets/demo.mp4 "What colour was the diamond that appeared in the video?" \\
+    --options red green purple orange --model synth-tiny
+```
+"""
+
+
+def _summary_lines(logs: list[Path]) -> list[dict]:
+    out = []
+    for log in logs:
+        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        warm = max((r["warmup_step"] for r in rows if "warmup_step" in r), default=0)
+        # The warm-up may stop early at its time limit: the last logged step is what ran.
+        out += [{**r, "text_warmup_steps": r.get("text_warmup_done", warm)} for r in rows if "heldout_accuracy" in r]
+    return out
+
+
+def model_card(model, info: dict, history: list[dict]) -> str:
+    cfg = model.config
+    text, vision = cfg.text_config, cfg.vision_config
+    stages = history or [info]
+    lines = []
+    for i, s in enumerate(stages, 1):
+        acc = s["heldout_accuracy"]
+        warm = s.get("text_warmup_done", s.get("text_warmup_steps", 0))
+        lines.append(f"{i}. {s.get('device', '?')}: " + (f"{warm} text warm-up steps, then " if warm else "") +
+                     f"{s['steps']} video steps of {s.get('frames_per_batch', '?')} frames in {s['train_seconds']:.0f} s"
+                     f"{' (resumed)' if s.get('resumed_from') else ''}; held-out M-Avg {acc['m_avg']}%.")
+    acc = info["heldout_accuracy"]
+    table = ["| task | accuracy |", "| --- | --- |"]
+    table += [f"| {k} | {v} |" for k, v in acc.items() if k not in ("questions", "m_avg", "hinted_letter_acc")]
+    table += [f"| **M-Avg** | **{acc['m_avg']}** |", "",
+              f"{acc['questions']} questions; with the answer given in the question, the letter is right "
+              f"{acc['hinted_letter_acc']}% of the time."]
+    return CARD.format(params=sum(p.numel() for p in model.parameters()) / 1e6, vision=vision.depth,
+                       vision_width=vision.hidden_size, layers=text.num_hidden_layers, width=text.hidden_size,
+                       vocab=text.vocab_size, history="\n".join(lines), accuracy="\n".join(table))
+
+
+def export(checkpoint: Path, folder: Path, logs: list[Path] = ()) -> Path:
+    """Writes ``folder`` (config, bf16 weights, tokenizer, processor, training.json, README.md)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from vidqa.synth.model import build_model_and_processor
+    from vidqa.synth.train import save_pretrained
+
+    model, processor = build_model_and_processor(0)
+    state = load_file(str(checkpoint / "model.safetensors"))
+    missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    if unexpected or [k for k in missing if k != "lm_head.weight"]:
+        raise ValueError(f"checkpoint does not match the architecture: missing {missing}, unexpected {unexpected}")
+    info = json.loads((checkpoint / "training.json").read_text())
+    history = _summary_lines(list(logs))
+    info["history"] = history
+    save_pretrained(model.to(torch.bfloat16), processor, folder, info)
+    (folder / "README.md").write_text(model_card(model, info, history))
+    return folder
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m vidqa.synth.export", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("folder", type=Path)
+    ap.add_argument("--log", type=Path, nargs="*", default=[], help="training logs of every stage, in order")
+    args = ap.parse_args(argv)
+    print(export(args.checkpoint, args.folder, args.log))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
