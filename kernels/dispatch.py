@@ -7,6 +7,7 @@ overrides ``auto``. Triton is imported only when a kernel runs, so importing vid
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -27,6 +28,7 @@ def use_triton(backend: str, *tensors: torch.Tensor) -> bool:
     return on_cuda and _triton_available()
 
 
+@functools.lru_cache(maxsize=None)
 def _triton_available() -> bool:
     try:
         import triton  # noqa: F401

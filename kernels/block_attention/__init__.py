@@ -26,11 +26,12 @@ def block_attention(q: torch.Tensor, k_store, v_store, block_table: torch.Tensor
     if use_triton(backend, q, data):
         from vidqa.kernels.block_attention.triton_impl import block_attention_triton
 
-        o, l = block_attention_triton(q, k_store, v_store, block_table, block_lens, tail_k, tail_v, scale)
-    else:
-        if isinstance(k_store, QuantizedKV):
-            k_store, v_store = dequantize_kv(k_store, backend="naive"), dequantize_kv(v_store, backend="naive")
-        o, l = block_attention_naive(q, k_store, v_store, block_table, block_lens, tail_k, tail_v, scale)
+        # Writes into out/lse itself (no extra copies) when they are float32 on q's device.
+        return block_attention_triton(q, k_store, v_store, block_table, block_lens, tail_k, tail_v, scale,
+                                      out=out, lse=lse)
+    if isinstance(k_store, QuantizedKV):
+        k_store, v_store = dequantize_kv(k_store, backend="naive"), dequantize_kv(v_store, backend="naive")
+    o, l = block_attention_naive(q, k_store, v_store, block_table, block_lens, tail_k, tail_v, scale)
     if out is not None:
         out.copy_(o)
         o = out
