@@ -5,7 +5,10 @@ the slabs die with the memory. The asynchronous CUDA path is checked in test_gpu
 
 import contextlib
 import gc
+import importlib.util
+import json
 import weakref
+from pathlib import Path
 
 import pytest
 import torch
@@ -222,3 +225,15 @@ def test_slabs_live_as_long_as_the_memory(qwen_adapter):
     gc.collect()
     assert all(s() is None for s in storages)  # and nothing else does: no leak into the next video
 
+
+def test_offload_bench_smoke_runs(tmp_path, monkeypatch):
+    path = Path(__file__).resolve().parent.parent / "bench" / "offload.py"
+    spec = importlib.util.spec_from_file_location("bench_offload", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setenv("OUT", str(tmp_path))
+    rows = bench.main(["--smoke", "--cache", "warm", "--device", "cpu"])
+    assert [r["mode"] for r in rows] == ["busy", "old", "new", "old pack only", "new pack only"]
+    lines = (tmp_path / "offload.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["identical"] is True and len(lines) == 1 + len(rows)
+    assert "| new |" in (tmp_path / "offload.md").read_text()
