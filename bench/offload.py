@@ -90,7 +90,7 @@ def sync(device) -> None:
 
 def host_stats(device) -> tuple[int, float]:
     """(pinned blocks allocated so far, seconds spent allocating them)."""
-    if device.type != "cuda":
+    if device.type != "cuda" or not hasattr(torch.cuda, "host_memory_stats"):  # older torch: no pinned stats
         return 0, 0.0
     s = torch.cuda.host_memory_stats()
     return int(s.get("num_host_alloc", 0)), float(s.get("host_alloc_time.total", 0)) / 1e6

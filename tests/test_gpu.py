@@ -200,6 +200,8 @@ def test_cuda_ingest_with_the_async_offload_equals_synchronous_copies(tmp_path, 
         return torch.cuda.host_memory_stats()["active_bytes.current"]
 
     del ing, ours, sync_ing, ref, back
+    if "active_bytes.current" not in getattr(torch.cuda, "host_memory_stats", dict)():
+        pytest.skip("equal; the leak check needs torch.cuda.host_memory_stats, which this torch lacks")
     start = pinned_in_use()
     ing, memory = ingest()
     assert pinned_in_use() >= start + (256 << 20)  # a slab in use
