@@ -109,3 +109,101 @@ def test_packed_vision_attention_equals_the_per_window_loop_in_bf16(hw):
     assert packed.shape == native.shape and not packed.isnan().any()
     # bf16: the same math in another order of summation.
     torch.testing.assert_close(packed.float(), native.float(), atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize("bits", [16, 8, 4])
+def test_async_offload_equals_the_synchronous_pack_bit_for_bit(bits):
+    """KV packed through the side-stream offload holds exactly the bytes of the synchronous pack, when
+    the source is overwritten right after pack, and when it is freed and new tensors take its memory
+    (``record_stream`` keeps the copy's sources from them)."""
+    from vidqa.memory.offload import HostOffload
+    from vidqa.memory.storage import StoredKV
+
+    torch.manual_seed(0)
+    shape = (28, 4, 1031, 128)  # 7B layers and KV heads, an odd token count
+    busy = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    offload = HostOffload.cuda(torch.device("cuda"))
+    expected, got = [], []
+    for i in range(6):
+        x = torch.randn(shape, device="cuda", dtype=torch.bfloat16)
+        expected.append(StoredKV.pack(x, bits))
+        for _ in range(8):  # the main stream runs behind the CPU: the copy is queued long before it runs
+            busy @ busy
+        got.append(StoredKV.pack(x, bits, offload=offload))
+        if i % 2:
+            x.fill_(float("nan"))
+        else:
+            del x  # the allocator would hand its memory, and the quantized tensors', to these
+            junk = [torch.full(shape, float("nan"), device="cuda", dtype=torch.bfloat16),
+                    torch.full(shape, -7, device="cuda", dtype=torch.int8),
+                    torch.full((*shape[:3], 64), -7, device="cuda", dtype=torch.uint8),
+                    torch.full((*shape[:3], 4), float("nan"), device="cuda", dtype=torch.float16),
+                    torch.full((*shape[:3], 4), float("nan"), device="cuda", dtype=torch.float16)]
+            del junk
+    offload.finish()
+    torch.cuda.synchronize()  # the synchronous pack's copies at 8/4 bits are non-blocking too
+    for e, g in zip(expected, got):
+        te, tg = e.tensors(), g.tensors()
+        assert te.keys() == tg.keys()
+        for k in te:
+            assert te[k].dtype == tg[k].dtype and torch.equal(te[k], tg[k]), k
+
+
+@pytest.mark.parametrize("kv_bits", [16, 8])
+def test_cuda_ingest_with_the_async_offload_equals_synchronous_copies(tmp_path, kv_bits):
+    """A CUDA ingest (asynchronous offload by default) saves exactly what the same ingest with
+    synchronous copies saves, loads back, and leaves no pinned memory behind once dropped."""
+    import gc
+    import threading
+
+    from safetensors.torch import load_file
+
+    from vidqa.config import MemoryConfig
+    from vidqa.memory import StreamingIngest
+    from vidqa.memory.offload import HostOffload, PinnedArena
+    from vidqa.memory.persist import TENSORS, load_memory, save_memory
+    from vidqa.vlm import load_adapter
+
+    from memory_data import random_chunks
+
+    adapter = load_adapter("tiny-random/qwen2_5_vl", device="cuda")
+    chunks = random_chunks(adapter, 6)
+
+    def ingest(offload=None):
+        config = MemoryConfig(window_chunks=1, recurrent_tokens=2, kv_bits=kv_bits)
+        ing = StreamingIngest(adapter, config, offload=offload)
+        for tokens, layout, t_end in chunks:
+            ing.add_chunk(tokens, layout, t_end)
+        return ing, ing.finish("tiny-random/qwen2_5_vl", {"path": "x.mp4"}, "k", {})
+
+    ing, ours = ingest()
+    assert ours.stats["host_reserved_bytes"] >= 256 << 20 and not ing.arriving  # pinned slabs were used
+    assert all(b.summary.device.type == "cpu" and b.grids.embeds.device.type == "cpu" for b in ours.blocks)
+    sync_ing, ref = ingest(HostOffload(PinnedArena(slab_bytes=1 << 22, prefetch=False)))  # no stream: synchronous
+    save_memory(ours, tmp_path / "a")
+    save_memory(ref, tmp_path / "b")
+    a, b = load_file(str(tmp_path / "a" / TENSORS)), load_file(str(tmp_path / "b" / TENSORS))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+    back = load_memory(tmp_path / "a")
+    assert torch.equal(back.blocks[-1].keys.unpack("cpu"), ours.blocks[-1].keys.unpack("cpu"))
+
+    def pinned_in_use() -> int:
+        for thread in threading.enumerate():  # spare slabs dropped while still being pinned
+            if thread.name == "vidqa-pinned-slab":
+                thread.join()
+        gc.collect()
+        torch.cuda.synchronize()
+        probe = torch.empty(1, pin_memory=True)  # asking for a block makes the allocator retire done ones
+        del probe
+        return torch.cuda.host_memory_stats()["active_bytes.current"]
+
+    del ing, ours, sync_ing, ref, back
+    if "active_bytes.current" not in getattr(torch.cuda, "host_memory_stats", dict)():
+        pytest.skip("equal; the leak check needs torch.cuda.host_memory_stats, which this torch lacks")
+    start = pinned_in_use()
+    ing, memory = ingest()
+    assert pinned_in_use() >= start + (256 << 20)  # a slab in use
+    del ing, memory
+    assert pinned_in_use() <= start, "pinned slabs outlived their memory"
