@@ -16,10 +16,7 @@ class StageTimer:
     tower), the vision tower's forward (hooks), the language model's forward (hooks; every ingest
     prefill, including the prompt prefix) and ``StoredKV.pack`` (offload to host, quantizing first
     at 8/4 bits) are timed, each between device synchronisations so that asynchronous GPU work is
-    charged to the stage that queued it -- except the asynchronous offload of a CUDA ingest
-    (``vidqa.memory.offload``): ``offload`` is then the time ``pack`` holds the CPU, and its copy,
-    on a side stream, is waited for by the next stage's synchronisation (counted in ``other``).
-    Restored on exit.
+    charged to the stage that queued it. Restored on exit.
 
     ``seconds``: ``encode``, ``vision``, ``llm``, ``offload``; ``bytes``: ``frames`` (uint8 frames
     handed to ``encode``), ``offload`` (bytes stored on the host); ``vision_calls``: Qwen
@@ -82,10 +79,10 @@ class StageTimer:
         self._stored, self._pack = StoredKV, StoredKV.__dict__["pack"]
         pack = self._pack.__func__
 
-        def timed_pack(x, bits=16, group_size=32, offload=None):
+        def timed_pack(x, bits=16, group_size=32):
             cuda_sync()
             t0 = time.perf_counter()
-            out = pack(x, bits, group_size, offload=offload)
+            out = pack(x, bits, group_size)
             self.seconds["offload"] += time.perf_counter() - t0
             self.bytes["offload"] += out.nbytes
             return out

@@ -1,7 +1,7 @@
 """Streaming video memory: ingest once (KV blocks on the host), recall per question.
 
 See :mod:`vidqa.memory.ingest` (chunks -> blocks), :mod:`vidqa.memory.recall` (question -> cache),
-:mod:`vidqa.memory.persist` (save/load), :mod:`vidqa.memory.offload` (KV to the host on CUDA).
+:mod:`vidqa.memory.persist` (save/load).
 """
 
 from vidqa.memory.blocks import KVBlock, VideoMemory

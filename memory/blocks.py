@@ -39,18 +39,16 @@ class GridRecord:
 
     @staticmethod
     def of(tokens: VisualTokens) -> "GridRecord":
-        """The record of a chunk's (reduced) tokens, in the order ingest stores them. ``embeds`` is
-        left where the tokens' embeddings are (no host sync per chunk: ingest brings it to the host
-        with the block's KV); the rest is host memory."""
+        """The record of a chunk's (reduced) tokens, in the order ingest stores them."""
         groups = tokens.frame_groups()
         # tokens keep frame-major order, so a grid's first token carries its first frame
         first = torch.tensor([int(g[0]) for g in groups], dtype=torch.long)
-        means = [tokens.embeds[g.to(tokens.embeds.device, non_blocking=True)].float().mean(0) for g in groups]
+        means = [tokens.embeds[g.to(tokens.embeds.device)].float().mean(0) for g in groups]
         return GridRecord(
             t=tokens.grid[first, 0].cpu().long(),
             frame=tokens.frame[first].cpu().long(),
             time=tokens.time[first].cpu().double(),
-            embeds=torch.stack(means) if means else torch.zeros(0, tokens.dim),
+            embeds=torch.stack(means).cpu() if means else torch.zeros(0, tokens.dim),
             entry_t=tokens.grid[:, 0].cpu().long().contiguous(),  # a copy, not a view of the grid
             segment_starts=[int(s) for s in tokens.extra.get("segment_starts", [])],
         )
@@ -66,8 +64,7 @@ class KVBlock:
     """KV of one chunk: ``keys``/``values`` ``[L, Hkv, n, Dh]`` at rest.
 
     ``visual``: bool ``[n]``, which entries are visual tokens (the rest is prompt text, protected from
-    compression); ``summary``: float32 ``[L, Hkv, Dh]`` (on the device until its copy has landed,
-    during a CUDA ingest); ``start``/``end``: sequence positions the
+    compression); ``summary``: float32 ``[L, Hkv, Dh]``; ``start``/``end``: sequence positions the
     chunk occupies (``end`` exclusive, = where the next chunk starts); ``t_start``/``t_end``:
     seconds covered; ``frames``: sampled-frame indices with at least one surviving token; ``grids``:
     the per-grid record the question-aware budget reads (:class:`GridRecord`).

@@ -13,12 +13,6 @@ never the whole history. The chunk's own KV then leaves the GPU as a :class:`KVB
 therefore bounded by ``sinks + recurrent_capacity + (window_chunks + 1) * chunk`` entries whatever
 the video's length; host memory grows linearly (one block per chunk).
 
-On CUDA a block leaves the GPU without stopping the CPU (:mod:`vidqa.memory.offload`): its KV, its
-summary keys and its grid means are copied on a side stream into pinned slabs while the next chunk
-is queued. Until its copy has landed a block's summary and grid means stay on the device (the
-block is swapped to the host copies as soon as they have, at the latest in :meth:`finish`); its KV
-waits for its copy when first read (:class:`~vidqa.memory.storage.StoredKV`).
-
 With ``window_chunks`` >= the number of chunks and no recurrent memory, every chunk sees the full
 history and ingest is exactly a one-shot prefill of the same sequence (tested).
 """
@@ -33,34 +27,24 @@ from transformers import DynamicCache
 from vidqa.config import MemoryConfig
 from vidqa.memory.blocks import GridRecord, KVBlock, VideoMemory
 from vidqa.memory.cache import cache_from, cache_length, cache_tail
-from vidqa.memory.offload import HostOffload, Landing
 from vidqa.memory.storage import StoredKV
 from vidqa.tokens import VisualTokens
 from vidqa.vlm.base import ChunkLayout, VLMAdapter
 
 
 class StreamingIngest:
-    """Builds a :class:`VideoMemory` chunk by chunk: ``add_chunk`` for each, then ``finish``.
+    """Builds a :class:`VideoMemory` chunk by chunk: ``add_chunk`` for each, then ``finish``."""
 
-    ``offload``: how blocks reach the host; by default asynchronous on CUDA
-    (:meth:`HostOffload.cuda`) and none on CPU, where KV already is host memory.
-    """
-
-    def __init__(self, adapter: VLMAdapter, config: MemoryConfig, offload: HostOffload | None = None):
+    def __init__(self, adapter: VLMAdapter, config: MemoryConfig):
         self.adapter = adapter
         self.config = config
-        if offload is None and adapter.device.type == "cuda":
-            offload = HostOffload.cuda(adapter.device)
-        self.offload = offload
-        self.arriving: deque[tuple[Landing, KVBlock]] = deque()  # blocks whose summary is on its way
         ids = adapter.tokenize(adapter.prompt_prefix())
         cache = DynamicCache()
         adapter.forward(adapter.embed_ids(ids), adapter.text_positions(len(ids), 0), cache)
         self.sink_keys, self.sink_values = cache_tail(cache, len(ids))
         self.position = len(ids)
         self.blocks: list[KVBlock] = []
-        # (keys, values) [L, Hkv, n, Dh] of the chunks in the window, on the device, and their
-        # visual mask [n] (host).
+        # (keys, values) [L, Hkv, n, Dh] of the chunks in the window, on the device.
         self.window: deque[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = deque()
         self.recurrent_keys: deque[torch.Tensor] = deque()  # each [L, Hkv, 1, Dh]
         self.recurrent_values: deque[torch.Tensor] = deque()
@@ -92,8 +76,7 @@ class StreamingIngest:
             positions.append(a.text_positions(n_extra, after + len(close_ids)))
         embeds, pos = torch.cat(parts), torch.cat(positions, dim=1)
         visual = torch.zeros(embeds.shape[0], dtype=torch.bool)
-        lo, hi = len(open_ids), len(open_ids) + len(tokens)
-        visual[lo:hi] = True
+        visual[len(open_ids):len(open_ids) + len(tokens)] = True
 
         cache = self._context()
         self.peak_context = max(self.peak_context, cache_length(cache) + embeds.shape[0])
@@ -101,13 +84,12 @@ class StreamingIngest:
         keys, values = cache_tail(cache, embeds.shape[0])
         del cache
 
-        bits, group = self.config.kv_bits, self.config.group_size
         block = KVBlock(
-            keys=StoredKV.pack(keys, bits, group, offload=self.offload),
-            values=StoredKV.pack(values, bits, group, offload=self.offload),
+            keys=StoredKV.pack(keys, self.config.kv_bits, self.config.group_size),
+            values=StoredKV.pack(values, self.config.kv_bits, self.config.group_size),
             visual=visual,
-            # the visual keys are a slice: a mask on the device would cost a host sync
-            summary=(keys[:, :, lo:hi] if len(tokens) else keys).float().mean(dim=2),
+            summary=keys[:, :, visual.to(keys.device)].float().mean(dim=2).cpu()
+            if len(tokens) else keys.float().mean(dim=2).cpu(),
             start=self.position,
             end=after + len(close_ids) + n_extra,
             t_start=float(layout.t0),
@@ -117,19 +99,9 @@ class StreamingIngest:
             grids=GridRecord.of(tokens),
         )
         self.blocks.append(block)
-        if self.offload is not None:
-            self.arriving.append((self.offload.copy([block.summary, block.grids.embeds]), block))
-            self._settle(wait=False)
         self.position = block.end
-        self._slide(keys, values, visual)
+        self._slide(keys, values, visual.to(keys.device))
         return block
-
-    def _settle(self, wait: bool) -> None:
-        """Swaps blocks whose summary and grid means have landed to the host copies (all of them,
-        waiting, with ``wait``), oldest first."""
-        while self.arriving and (wait or self.arriving[0][0].done()):
-            landing, block = self.arriving.popleft()
-            block.summary, block.grids.embeds = landing.wait()
 
     def _slide(self, keys, values, visual) -> None:
         """Pushes the new chunk into the window; chunks leaving it feed the recurrent memory."""
@@ -144,34 +116,22 @@ class StreamingIngest:
                 self.recurrent_values.popleft()
 
     def finish(self, model: str, video: dict, config_key: str, stats: dict) -> VideoMemory:
-        """The memory, every block on the host (waits for the copies still on their way)."""
         self.window.clear()
-        stats = {**stats, "peak_context_tokens": self.peak_context}
-        if self.offload is not None:
-            self.offload.finish()
-            self._settle(wait=True)
-            # pinned bytes the blocks' slabs hold, against the memory's host_bytes
-            stats["host_reserved_bytes"] = self.offload.arena.reserved_bytes
-            self.offload = None  # from now on the slabs live as long as the blocks cut from them
         return VideoMemory(
             sink_keys=self.sink_keys.cpu(), sink_values=self.sink_values.cpu(),
             blocks=self.blocks, next_position=self.position, model=model, video=video,
-            config_key=config_key, stats=stats,
+            config_key=config_key, stats={**stats, "peak_context_tokens": self.peak_context},
         )
 
 
 def _summaries(keys, values, visual, count: int):
     """``count`` mean-pooled (key, value) entries ``[L, Hkv, 1, Dh]`` over contiguous groups of the
-    chunk's visual tokens (in time order: the first group is the chunk's start). ``visual``: the
-    host mask ``[n]``; the indices reach the device without a host sync."""
+    chunk's visual tokens (in time order: the first group is the chunk's start)."""
     if count == 0:
         return []
     idx = visual.nonzero().flatten()
     if idx.numel() == 0:
         return []
-    out = []
-    for g in torch.tensor_split(idx, min(count, idx.numel())):
-        g = g.to(keys.device, non_blocking=True)
-        out.append((keys[:, :, g].mean(dim=2, keepdim=True), values[:, :, g].mean(dim=2, keepdim=True)))
-    return out
+    return [(keys[:, :, g].mean(dim=2, keepdim=True), values[:, :, g].mean(dim=2, keepdim=True))
+            for g in torch.tensor_split(idx, min(count, idx.numel()))]
 

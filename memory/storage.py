@@ -4,18 +4,15 @@
 is present, so that bringing it back is an asynchronous copy); with ``bits`` 8 or 4 it is quantized
 per token in groups of ``group_size`` channels (KIVI, Liu et al. 2024; ZipCache, He et al. 2024)
 by :mod:`vidqa.kernels.quant`, whose Triton kernel runs on the GPU before the copy and whose
-PyTorch reference runs on CPU. Given a :class:`~vidqa.memory.offload.HostOffload` (ingest on CUDA),
-the copy is queued on a side stream into pinned slabs and ``pack`` returns at once; the stored
-tensor is then waited for the first time it is read (:attr:`StoredKV.data`).
+PyTorch reference runs on CPU.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
-
-from vidqa.memory.offload import HostOffload, Landing
 
 
 def _quant():
@@ -24,36 +21,17 @@ def _quant():
     return quant
 
 
+@dataclass
 class StoredKV:
-    """One tensor ``[L, H, n, D]`` at rest on the host: the tensor itself (bits 16) or a
-    ``QuantizedKV`` (bits 8/4). ``landing``: the copy still filling it (offloaded packs), or ``None``.
+    """One tensor ``[L, H, n, D]`` at rest. ``data`` is the tensor itself (bits 16) or a
+    ``QuantizedKV`` (bits 8/4)."""
 
-    :attr:`data` is the only way to its values and the one place that waits for the copy, so every
-    reader (unpack, persistence, recall, the ask-time budget) sees landed data; ``nbytes`` and
-    ``meta`` read shapes only and never wait.
-    """
-
-    def __init__(self, data, bits: int, dtype: torch.dtype, landing: Landing | None = None):
-        self._data, self.bits, self.dtype, self._landing = data, bits, dtype, landing
-
-    @property
-    def data(self):
-        """The host tensor or ``QuantizedKV``, once its copy has landed (waits for it the first time)."""
-        if self._landing is not None:
-            self._landing.wait()
-            self._landing = None
-        return self._data
-
-    @property
-    def landed(self) -> bool:
-        """Whether reading :attr:`data` would not wait (its copy is done or there was none)."""
-        return self._landing is None or self._landing.done()
+    data: object
+    bits: int
+    dtype: torch.dtype
 
     @staticmethod
-    def pack(x: torch.Tensor, bits: int = 16, group_size: int = 32,
-             offload: HostOffload | None = None) -> "StoredKV":
-        if offload is not None:
-            return StoredKV._offload(x, bits, group_size, offload)
+    def pack(x: torch.Tensor, bits: int = 16, group_size: int = 32) -> "StoredKV":
         if bits == 16:
             host = x.detach().to("cpu", copy=True)
             if torch.cuda.is_available():
@@ -63,21 +41,6 @@ class StoredKV:
         group = math.gcd(group_size, x.shape[-1])
         q = _quant().quantize_kv(x.detach(), bits=bits, group_size=group).to("cpu")
         return StoredKV(q, bits, x.dtype)
-
-    @staticmethod
-    def _offload(x: torch.Tensor, bits: int, group_size: int, offload: HostOffload) -> "StoredKV":
-        """``pack`` through ``offload``: quantized where ``x`` is, then copied without waiting. The
-        copy reads tensors nobody else holds (the quantized ones, or a clone at 16 bits), so the
-        caller may free or overwrite ``x`` as soon as this returns."""
-        if bits == 16:
-            landing = offload.copy([x.detach().clone()])
-            return StoredKV(landing.host[0], 16, x.dtype, landing)
-        quant = _quant()
-        q = quant.quantize_kv(x.detach(), bits=bits, group_size=math.gcd(group_size, x.shape[-1]))
-        landing = offload.copy([t for t in (q.data, q.scale, q.zero) if t is not None])
-        data, scale, *zero = landing.host
-        host = quant.QuantizedKV(data, scale, zero[0] if zero else None, q.bits, q.group_size, q.shape, q.dtype)
-        return StoredKV(host, bits, x.dtype, landing)
 
     def unpack(self, device, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The tensor on ``device`` (dequantized there when quantized)."""
@@ -89,8 +52,8 @@ class StoredKV:
     @property
     def nbytes(self) -> int:
         if self.bits == 16:
-            return self._data.numel() * self._data.element_size()
-        return self._data.nbytes
+            return self.data.numel() * self.data.element_size()
+        return sum(t.numel() * t.element_size() for t in self.tensors().values())
 
     def tensors(self, prefix: str = "") -> dict[str, torch.Tensor]:
         """Flat name -> tensor map for safetensors."""
@@ -101,7 +64,7 @@ class StoredKV:
     def meta(self) -> dict:
         m = {"bits": self.bits, "dtype": str(self.dtype).removeprefix("torch.")}
         if self.bits != 16:
-            m["quant"] = self._data.meta()
+            m["quant"] = self.data.meta()
         return m
 
     @staticmethod
