@@ -223,3 +223,31 @@ def test_text_warmup_rows_are_hinted_and_learnable():
     assert len(rows) == 12 and all(r.kind == "hint" and f"The answer is {r.answer}." in r.prompt for r in rows)
     losses, *_ = _fit(2, 15, lambda a: text_logits(a, rows, "cpu"))
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_export_writes_a_loadable_folder_with_its_card(tmp_path):
+    """Trainer weights -> save_pretrained folder that plain transformers loads to the same weights."""
+    import json as _json
+
+    from safetensors.torch import save_file
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from vidqa.synth.export import export
+    from vidqa.synth.model import build_model_and_processor
+    from vidqa.synth.train import save_weights
+
+    model, _ = build_model_and_processor(seed=5)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    save_weights(model, ckpt / "model.safetensors")
+    acc = {"findNeedle": 40.0, "m_avg": 40.0, "questions": 10, "hinted_letter_acc": 90.0}
+    (ckpt / "training.json").write_text(_json.dumps({"steps": 3, "train_seconds": 1.0, "heldout_accuracy": acc}))
+    folder = export(ckpt, tmp_path / "out")
+    loaded = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder)
+    name = "model.language_model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(loaded.state_dict()[name], model.state_dict()[name].to(torch.bfloat16).to(loaded.dtype))
+    card = (folder / "README.md").read_text()
+    assert "| findNeedle | 40.0 |" in card and "synthetic world only" in card
+    save_file({"nonsense": torch.zeros(1)}, str(ckpt / "model.safetensors"))
+    with pytest.raises(ValueError, match="does not match"):
+        export(ckpt, tmp_path / "bad")
