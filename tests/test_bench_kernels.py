@@ -1,22 +1,11 @@
 """bench/kernels.py --smoke (with --profile) runs on CPU: the reference path, the table, the profile."""
 
-import importlib.util
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "kernels.py"
-
-
-def _load():
-    # Loaded under its own name, never as a top-level `kernels` (HF transformers probes that name).
-    spec = importlib.util.spec_from_file_location("vidqa_bench_kernels", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from bench_scripts import load_bench
 
 
 def test_smoke_with_profile_prints_table_and_profile(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("OUT", str(tmp_path))
-    text = _load().main(["--smoke", "--profile"])
+    text = load_bench("kernels").main(["--smoke", "--profile"])
     assert "| 1,024 | 1 |" in text and "graph (ms)" in text
     assert "Top ops by self CPU time" in text
     assert '"event_ms"' in text and '"host_wall_ms"' in text
@@ -31,7 +20,7 @@ def test_sweep_grids_hold_the_defaults():
 
     from vidqa.kernels.block_attention.triton_impl import block_attention_triton
 
-    bench = _load()
+    bench = load_bench("kernels")
     p = inspect.signature(block_attention_triton).parameters
     bn, stages, waves = p["bn"].default, p["stages"].default, p["waves"].default
     assert dict(bm=16, bn=bn, num_warps=4, stages=stages, waves=waves) in bench.SWEEP[1]

@@ -1,19 +1,12 @@
 """bench/quality.py end to end on a tiny random model: the variants see what they claim to see."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-
-def _quality():
-    spec = importlib.util.spec_from_file_location("quality", Path(__file__).parent.parent / "bench" / "quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from bench_scripts import load_bench
 
 
 def test_variants_attend_what_they_claim(tmp_path):
-    quality = _quality()
+    quality = load_bench("quality")
     budget = 400
     assert quality.main(["--model", "tiny-random/qwen2_5_vl", "--minutes", "1", "--token-budget", str(budget),
                          "--per-task", "1", "--variants", "vidqa", "uniform", "full", "--out", str(tmp_path)]) == 0

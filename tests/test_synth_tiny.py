@@ -1,12 +1,11 @@
 """The bundled model (assets/models/synth-tiny) perceives its world: accuracy well above chance,
 teacher-forced on held-out clips and end to end through vidqa on a 10-minute held-out video."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
+from bench_scripts import load_bench
 from vidqa.vlm.loading import assets_dir
 
 BUNDLED = assets_dir() / "models" / "synth-tiny"
@@ -45,17 +44,10 @@ def test_held_out_clips_teacher_forced(bundled):
     assert acc["hinted_letter_acc"] >= 90, acc
 
 
-def _quality():
-    spec = importlib.util.spec_from_file_location("quality", Path(__file__).parent.parent / "bench" / "quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_ten_minute_video_through_the_pipeline(tmp_path):
     """The fast quality benchmark: a held-out 10-minute video, its questions answered by vidqa's
     default pipeline (streaming ingest, retrieval within 8,192 visual tokens) with the bundled model."""
-    quality = _quality()
+    quality = load_bench("quality")
     assert quality.main(["--model", "synth-tiny", "--minutes", "10", "--per-task", "10", "--variants", "vidqa",
                          "--out", str(tmp_path)]) == 0
     (row,) = json.loads((tmp_path / "quality.json").read_text())
