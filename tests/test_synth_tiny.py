@@ -55,6 +55,7 @@ def test_ten_minute_video_through_the_pipeline(tmp_path):
     pooled = 100 * sum(bool(s["correct"]) for s in samples) / len(samples)
     assert row["questions"] == len(samples) >= 40 and row["unparsed"] == 0
     assert row["visual_attended_median"] <= 8192 < row["visual_stored"]
-    # Measured 40-45% (the model trained on clips of at most 96 s); chance would pass this bar with
-    # probability below 5% at 40 questions.
+    # Measured 18 of 48 (37.5%; M-Avg 47.8%) with the shipped model, which trained on clips of at most
+    # 96 s: a modest margin (chance reaches 35% of 48 with probability ~6%); the teacher-forced test
+    # above is the strong one.
     assert pooled >= CHANCE + 10, (pooled, row["tasks"])
