@@ -26,8 +26,11 @@ class GridRecord:
     float64 ``[G]``: index and time (s) of each grid's first surviving frame; ``embeds`` float32
     ``[G, D]``: each grid's mean visual token (as the embedding scorer means a grid's tokens);
     ``entry_t`` int64 ``[num_visual]``: the grid ``t`` of each visual KV entry, in entry order;
-    ``segment_starts``: grid ``t`` of the segment starts the temporal reducer found in this chunk.
-    About ``4 D`` bytes per grid plus 8 per token, against tens of KiB of KV per token.
+    ``segment_starts``: grid ``t`` of the segment starts the temporal reducer found in this chunk;
+    ``keys`` float32 ``[G, L, Hkv, Dh]``: each grid's mean visual key per layer and KV head, the
+    representatives block retrieval scores (ReKV's per-frame mean keys rather than one mean per block:
+    :mod:`vidqa.memory.retrieve`). About ``4 (D + L Hkv Dh)`` bytes per grid plus 8 per token, against
+    tens of KiB of KV per token.
     """
 
     t: torch.Tensor
@@ -36,15 +39,17 @@ class GridRecord:
     embeds: torch.Tensor
     entry_t: torch.Tensor
     segment_starts: list[int] = field(default_factory=list)
+    keys: torch.Tensor | None = None  # None for records built without the KV (hand-made blocks)
 
     @staticmethod
-    def of(tokens: VisualTokens) -> "GridRecord":
-        """The record of a chunk's (reduced) tokens, in the order ingest stores them."""
+    def of(tokens: VisualTokens, visual_keys: torch.Tensor | None = None) -> "GridRecord":
+        """The record of a chunk's (reduced) tokens, in the order ingest stores them; with the chunk's
+        ``visual_keys`` ``[L, Hkv, num_visual, Dh]`` (same order), also each grid's mean key."""
         groups = tokens.frame_groups()
         # tokens keep frame-major order, so a grid's first token carries its first frame
         first = torch.tensor([int(g[0]) for g in groups], dtype=torch.long)
         means = [tokens.embeds[g.to(tokens.embeds.device)].float().mean(0) for g in groups]
-        return GridRecord(
+        record = GridRecord(
             t=tokens.grid[first, 0].cpu().long(),
             frame=tokens.frame[first].cpu().long(),
             time=tokens.time[first].cpu().double(),
@@ -52,11 +57,24 @@ class GridRecord:
             entry_t=tokens.grid[:, 0].cpu().long().contiguous(),  # a copy, not a view of the grid
             segment_starts=[int(s) for s in tokens.extra.get("segment_starts", [])],
         )
+        if visual_keys is not None:
+            record.keys = _grid_mean_keys(visual_keys, record.t, record.entry_t)
+        return record
 
     @property
     def counts(self) -> torch.Tensor:
         """Visual entries stored per grid, int64 ``[G]``."""
         return torch.bincount(torch.searchsorted(self.t, self.entry_t), minlength=self.t.numel())
+
+
+def _grid_mean_keys(keys: torch.Tensor, t: torch.Tensor, entry_t: torch.Tensor) -> torch.Tensor:
+    """``keys [L, Hkv, n, Dh]`` averaged per grid: entry ``j`` belongs to grid ``entry_t[j]`` of the
+    ascending grid indices ``t [G]`` -> float32 ``[G, L, Hkv, Dh]`` on the host."""
+    owner = torch.searchsorted(t, entry_t).to(keys.device)
+    sums = torch.zeros(*keys.shape[:2], t.numel(), keys.shape[-1], device=keys.device, dtype=torch.float32)
+    sums.index_add_(2, owner, keys.float())
+    counts = torch.bincount(owner, minlength=t.numel()).clamp(min=1).to(sums.dtype)
+    return (sums / counts.view(1, 1, -1, 1)).permute(2, 0, 1, 3).contiguous().cpu()
 
 
 @dataclass

@@ -96,7 +96,7 @@ class StreamingIngest:
             t_end=float(t_end),
             frames=torch.unique(tokens.frame).cpu(),
             tokens_before_reduction=layout.num_tokens,
-            grids=GridRecord.of(tokens),
+            grids=GridRecord.of(tokens, keys[:, :, visual.to(keys.device)]),
         )
         self.blocks.append(block)
         self.position = block.end

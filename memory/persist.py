@@ -5,10 +5,11 @@ Layout of one saved memory (a folder)::
     <dir>/manifest.json    format version, model, video fingerprint, config key, per-block metadata,
                            sha256 and byte size of kv.safetensors
     <dir>/kv.safetensors   sinks and every block's keys/values/summary/visual mask/frames and its
-                           grid record (``b<i>.g.*``: grid t, frame, time, mean embedding, per-entry t)
+                           grid record (``b<i>.g.*``: grid t, frame, time, mean embedding, per-entry t, mean keys)
 
-Format 2 added the grid records (the question-aware budget scores them at ask time); a format-1
-memory has none, so it is refused like any stale one and rebuilt by the caller.
+Format 2 added the grid records (the question-aware budget scores them at ask time), format 3 their
+mean keys (what block retrieval scores); an older memory is refused like any stale one and rebuilt
+by the caller.
 
 Writes go to a temporary folder beside the target and are moved into place with one
 ``os.replace``, under a file lock, so two processes ingesting the same video leave one valid memory
@@ -33,7 +34,7 @@ from vidqa.errors import CacheError
 from vidqa.memory.blocks import GridRecord, KVBlock, VideoMemory
 from vidqa.memory.storage import StoredKV
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 GRID_FIELDS = ("t", "frame", "time", "embeds", "entry_t")
 MANIFEST, TENSORS = "manifest.json", "kv.safetensors"
 
@@ -62,6 +63,8 @@ def save_memory(memory: VideoMemory, target: Path) -> Path:
                     t_start=b.t_start, t_end=b.t_end, tokens_before_reduction=b.tokens_before_reduction)
         if b.grids is not None:
             tensors.update({f"b{i}.g.{name}": getattr(b.grids, name).contiguous() for name in GRID_FIELDS})
+            if b.grids.keys is not None:
+                tensors[f"b{i}.g.keys"] = b.grids.keys.contiguous()
             meta["segment_starts"] = list(b.grids.segment_starts)
         blocks_meta.append(meta)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
@@ -112,7 +115,8 @@ def load_memory(source: Path, expect: dict | None = None) -> VideoMemory:
                 start=m["start"], end=m["end"], t_start=m["t_start"], t_end=m["t_end"],
                 frames=t[f"b{i}.frames"], tokens_before_reduction=m["tokens_before_reduction"],
                 grids=GridRecord(**{name: t[f"b{i}.g.{name}"] for name in GRID_FIELDS},
-                                 segment_starts=m["segment_starts"]) if "segment_starts" in m else None))
+                                 segment_starts=m["segment_starts"], keys=t.get(f"b{i}.g.keys"))
+                if "segment_starts" in m else None))
         return VideoMemory(
             sink_keys=t["sink.k"], sink_values=t["sink.v"], blocks=blocks,
             next_position=manifest["next_position"], model=manifest["model"], video=manifest["video"],

@@ -1,13 +1,18 @@
 """Question-time block retrieval: which chunks of the video the question needs.
 
-Each block is scored by how strongly the question's queries attend to its summary key, per layer
-and KV head (InfLLM's representative-key lookup, Xiao et al. 2024; ReKV's per-frame mean keys, Di
-et al. 2025):
+Each block is represented by the mean visual key of each of its temporal grids (2 frames for
+Qwen2.5-VL) per layer and KV head -- ReKV's per-frame mean keys (Di et al. 2025), finer than one
+representative per block as in InfLLM (Xiao et al. 2024) -- and scored by its best grid:
 
-    score[b] = mean over layers l, query heads h, question tokens i of  q[l, h, i] . s[b, l, h // g] / sqrt(Dh)
+    score[b] = max over grids g of b of  mean over layers l, query heads h, question tokens i of
+               q[l, h, i] . s[g, l, h // g_q] / sqrt(Dh)
 
-with ``g`` the GQA group size. The selection then keeps the ``first_blocks`` oldest and
-``recent_blocks`` newest blocks, and fills the visual-token budget with the best-scored rest.
+with ``g_q`` the GQA group size. One mean per 16-frame block is dominated by what every block shares
+(background, layout): with the bundled model it ranked the same blocks first for every question,
+while a moment that fills two frames still decides its grid's mean. A block without grid keys
+(hand-built, or no visual tokens) is represented by its summary key. The selection then keeps the
+``first_blocks`` oldest and ``recent_blocks`` newest blocks, and fills the visual-token budget with
+the best-scored rest.
 """
 
 from __future__ import annotations
@@ -27,11 +32,22 @@ def score_keys(queries: list[torch.Tensor], keys: torch.Tensor) -> torch.Tensor:
     return block_scores(q, keys.to(q.device)).cpu()
 
 
+def block_representatives(blocks: list[KVBlock]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys ``[R, L, Hkv, Dh]`` that stand for the blocks and the block of each, int64 ``[R]``: the
+    grids' mean keys where the block has them, else its summary key."""
+    reps = [b.grids.keys if b.grids is not None and b.grids.keys is not None and len(b.grids.keys)
+            else b.summary[None] for b in blocks]
+    owner = torch.repeat_interleave(torch.arange(len(blocks)), torch.tensor([len(r) for r in reps]))
+    return torch.cat([r.float() for r in reps]), owner
+
+
 def score_blocks(queries: list[torch.Tensor], blocks: list[KVBlock]) -> torch.Tensor:
-    """Scores ``[num_blocks]`` of the blocks' summaries (:func:`score_keys`)."""
+    """Scores ``[num_blocks]``: each block's best representative (:func:`score_keys`)."""
     if not blocks:
         return torch.zeros(0)
-    return score_keys(queries, torch.stack([b.summary for b in blocks]))  # [B, L, Hkv, Dh]
+    keys, owner = block_representatives(blocks)
+    scores = score_keys(queries, keys)
+    return torch.full((len(blocks),), float("-inf")).scatter_reduce(0, owner, scores, "amax")
 
 
 def select_blocks(scores: torch.Tensor, blocks: list[KVBlock], token_budget: int,

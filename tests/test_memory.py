@@ -87,6 +87,47 @@ def test_retrieval_finds_a_planted_needle():
     assert chosen == [13, 19]
 
 
+def test_ingest_keeps_each_grids_mean_visual_key(qwen_adapter):
+    """The grid record's keys are the mean of each grid's visual keys, per layer and KV head."""
+    memory = ingest(qwen_adapter, random_chunks(qwen_adapter, 2), MemoryConfig(kv_bits=16))
+    for b in memory.blocks:
+        keys = b.keys.unpack("cpu", torch.float32)[:, :, b.visual]  # [L, Hkv, n_visual, Dh]
+        g = b.grids
+        assert g.keys.shape == (g.t.numel(), *keys.shape[:2], keys.shape[-1]) and g.t.numel() >= 2
+        for j, t in enumerate(g.t.tolist()):
+            torch.testing.assert_close(g.keys[j], keys[:, :, g.entry_t == t].mean(dim=2))
+
+
+def test_retrieval_scores_a_block_by_its_best_grid():
+    """A moment that fills one grid of eight decides its block's score, although the block's mean key
+    (diluted by seven ordinary grids) loses to a block that is a little closer everywhere."""
+    from vidqa.memory.blocks import GridRecord, KVBlock
+    from vidqa.memory.retrieve import score_blocks
+    from vidqa.memory.storage import StoredKV
+
+    torch.manual_seed(1)
+    layers, hkv, dh, hq, grids = 2, 2, 16, 4, 8
+    needle = torch.randn(layers, hkv, dh)
+    blocks = []
+    for i in range(3):
+        reps = torch.randn(grids, layers, hkv, dh) * 0.1
+        if i == 0:
+            reps[5] += 4 * needle  # the moment, in one grid
+        if i == 1:
+            reps += 0.8 * needle  # a little closer in every grid: the higher mean
+        kv = StoredKV(torch.zeros(layers, hkv, grids, dh), 16, torch.float32)
+        record = GridRecord(t=torch.arange(grids) + 8 * i, frame=torch.arange(grids), time=torch.zeros(grids).double(),
+                            embeds=torch.zeros(grids, 4), entry_t=torch.arange(grids) + 8 * i, keys=reps)
+        blocks.append(KVBlock(kv, kv, torch.ones(grids, dtype=torch.bool), reps.mean(0), 0, grids, 0.0, 1.0,
+                              torch.arange(grids), grids, grids=record))
+    queries = [needle[l].repeat_interleave(hq // hkv, 0)[:, None, :].expand(hq, 3, dh) for l in range(layers)]
+    means = [b.summary for b in blocks]
+    assert max(range(3), key=lambda i: float((means[i] * needle).sum())) == 1  # the mean alone picks block 1
+    assert int(score_blocks(queries, blocks).argmax()) == 0
+    blocks[0].grids = None  # without grid keys a block falls back to its summary
+    assert int(score_blocks(queries, blocks).argmax()) == 1
+
+
 def test_select_blocks_meets_the_budget_exactly():
     from vidqa.memory.blocks import KVBlock
     from vidqa.memory.storage import StoredKV

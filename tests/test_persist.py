@@ -53,7 +53,7 @@ def test_round_trip_is_exact(memory, tmp_path):
         assert torch.equal(a.values.unpack("cpu"), b.values.unpack("cpu"))
         assert torch.equal(a.visual, b.visual) and torch.equal(a.summary, b.summary)
         assert (a.start, a.end, a.t_start, a.t_end) == (b.start, b.end, b.t_start, b.t_end)
-        for name in ("t", "frame", "time", "embeds", "entry_t"):  # the grid record the ask-time budget reads
+        for name in ("t", "frame", "time", "embeds", "entry_t", "keys"):  # the grid record budget and retrieval read
             x, y = getattr(a.grids, name), getattr(b.grids, name)
             assert x.dtype == y.dtype and torch.equal(x, y), name
     assert back.segment_starts == memory.segment_starts == [0, 3]
