@@ -84,11 +84,13 @@ class StreamingIngest:
         keys, values = cache_tail(cache, embeds.shape[0])
         del cache
 
+        on_device = visual.to(keys.device)
+        visual_keys = keys[:, :, on_device]  # [L, Hkv, n_visual, Dh]
         block = KVBlock(
             keys=StoredKV.pack(keys, self.config.kv_bits, self.config.group_size),
             values=StoredKV.pack(values, self.config.kv_bits, self.config.group_size),
             visual=visual,
-            summary=keys[:, :, visual.to(keys.device)].float().mean(dim=2).cpu()
+            summary=visual_keys.float().mean(dim=2).cpu()
             if len(tokens) else keys.float().mean(dim=2).cpu(),
             start=self.position,
             end=after + len(close_ids) + n_extra,
@@ -96,11 +98,11 @@ class StreamingIngest:
             t_end=float(t_end),
             frames=torch.unique(tokens.frame).cpu(),
             tokens_before_reduction=layout.num_tokens,
-            grids=GridRecord.of(tokens, keys[:, :, visual.to(keys.device)]),
+            grids=GridRecord.of(tokens, visual_keys),
         )
         self.blocks.append(block)
         self.position = block.end
-        self._slide(keys, values, visual.to(keys.device))
+        self._slide(keys, values, on_device)
         return block
 
     def _slide(self, keys, values, visual) -> None:
