@@ -42,7 +42,7 @@ teacher-forced letter accuracy (%) of the final stage, 4 options (chance 25%):
 {accuracy}
 
 Long-video accuracy through vidqa's pipeline is measured by `bench/quality.py`
-(`bench/results/quality_synth_tiny_cpu.md`: M-Avg 50.0% on a held-out 10-minute video, 38.1% on a 60-minute one, 17-19 questions each).
+(`bench/results/quality_synth_tiny_cpu.md`: M-Avg 50.0% on a held-out 10-minute video, 52.4% on a 60-minute one, 17-19 questions each).
 
 ## Use
 ```bash
