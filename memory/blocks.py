@@ -127,6 +127,8 @@ class VideoMemory:
     video: dict = field(default_factory=dict)  # path, sha256, duration, fps, frames sampled
     config_key: str = ""
     stats: dict = field(default_factory=dict)  # timings, token counts
+    # What retrieval derives from the blocks once per memory (not saved; rebuilt after a load).
+    retrieval_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def num_visual_tokens(self) -> int:

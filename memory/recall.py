@@ -86,7 +86,7 @@ def recall(adapter: VLMAdapter, memory: VideoMemory, question_embeds: torch.Tens
         chosen, scores = sorted(budgeted), plan.scores
     else:
         if queries is not None:
-            scores = score_blocks(queries, blocks)
+            scores = score_blocks(queries, blocks, memory.retrieval_cache)
         chosen = list(range(len(blocks))) if everything_fits else select_blocks(
             scores, blocks, config.token_budget, config.first_blocks, config.recent_blocks)
 

@@ -41,11 +41,18 @@ def block_representatives(blocks: list[KVBlock]) -> tuple[torch.Tensor, torch.Te
     return torch.cat([r.float() for r in reps]), owner
 
 
-def score_blocks(queries: list[torch.Tensor], blocks: list[KVBlock]) -> torch.Tensor:
-    """Scores ``[num_blocks]``: each block's best representative (:func:`score_keys`)."""
+def score_blocks(queries: list[torch.Tensor], blocks: list[KVBlock], cache: dict | None = None) -> torch.Tensor:
+    """Scores ``[num_blocks]``: each block's best representative (:func:`score_keys`). ``cache``: a
+    dict that lives with the memory (``VideoMemory.retrieval_cache``), so that follow-up questions
+    reuse the gathered representatives (thousands of grids an hour) instead of gathering them again."""
     if not blocks:
         return torch.zeros(0)
-    keys, owner = block_representatives(blocks)
+    if cache is not None and cache.get("blocks") == len(blocks):
+        keys, owner = cache["keys"], cache["owner"]
+    else:
+        keys, owner = block_representatives(blocks)
+        if cache is not None:
+            cache.update(blocks=len(blocks), keys=keys, owner=owner)
     scores = score_keys(queries, keys)
     return torch.full((len(blocks),), float("-inf")).scatter_reduce(0, owner, scores, "amax")
 

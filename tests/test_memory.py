@@ -124,6 +124,10 @@ def test_retrieval_scores_a_block_by_its_best_grid():
     means = [b.summary for b in blocks]
     assert max(range(3), key=lambda i: float((means[i] * needle).sum())) == 1  # the mean alone picks block 1
     assert int(score_blocks(queries, blocks).argmax()) == 0
+    cache = {}
+    first = score_blocks(queries, blocks, cache)
+    gathered = cache["keys"]
+    assert torch.equal(score_blocks(queries, blocks, cache), first) and cache["keys"] is gathered  # reused
     blocks[0].grids = None  # without grid keys a block falls back to its summary
     assert int(score_blocks(queries, blocks).argmax()) == 1
 
