@@ -3,8 +3,9 @@
 A block is the language model's KV of one chunk of video (its timestamp text, vision markers and
 visual tokens) for every layer, kept on the host, plus what retrieval needs without touching the
 KV itself: a summary key per layer and KV head (the mean of the block's visual keys, as InfLLM's
-representative keys and ReKV's per-frame mean keys), the block's time span and its position range,
-and a :class:`GridRecord` -- per temporal grid, what the question-aware budget scores at ask time.
+representative keys), the block's time span and its position range, and a :class:`GridRecord` -- per
+temporal grid its mean visual key (ReKV's per-frame mean keys, what retrieval scores) and what the
+question-aware budget scores at ask time.
 """
 
 from __future__ import annotations
@@ -58,23 +59,27 @@ class GridRecord:
             segment_starts=[int(s) for s in tokens.extra.get("segment_starts", [])],
         )
         if visual_keys is not None:
-            record.keys = _grid_mean_keys(visual_keys, record.t, record.entry_t)
+            record.keys = record.mean_keys(visual_keys)
         return record
+
+    @property
+    def entry_grid(self) -> torch.Tensor:
+        """The row in ``t`` of each visual entry's grid, int64 ``[num_visual]``."""
+        return torch.searchsorted(self.t, self.entry_t)
 
     @property
     def counts(self) -> torch.Tensor:
         """Visual entries stored per grid, int64 ``[G]``."""
-        return torch.bincount(torch.searchsorted(self.t, self.entry_t), minlength=self.t.numel())
+        return torch.bincount(self.entry_grid, minlength=self.t.numel())
 
-
-def _grid_mean_keys(keys: torch.Tensor, t: torch.Tensor, entry_t: torch.Tensor) -> torch.Tensor:
-    """``keys [L, Hkv, n, Dh]`` averaged per grid: entry ``j`` belongs to grid ``entry_t[j]`` of the
-    ascending grid indices ``t [G]`` -> float32 ``[G, L, Hkv, Dh]`` on the host."""
-    owner = torch.searchsorted(t, entry_t).to(keys.device)
-    sums = torch.zeros(*keys.shape[:2], t.numel(), keys.shape[-1], device=keys.device, dtype=torch.float32)
-    sums.index_add_(2, owner, keys.float())
-    counts = torch.bincount(owner, minlength=t.numel()).clamp(min=1).to(sums.dtype)
-    return (sums / counts.view(1, 1, -1, 1)).permute(2, 0, 1, 3).contiguous().cpu()
+    def mean_keys(self, keys: torch.Tensor) -> torch.Tensor:
+        """The block's visual ``keys [L, Hkv, num_visual, Dh]`` (entry order) averaged per grid ->
+        float32 ``[G, L, Hkv, Dh]`` on the host."""
+        owner = self.entry_grid.to(keys.device)
+        sums = torch.zeros(*keys.shape[:2], self.t.numel(), keys.shape[-1], device=keys.device, dtype=torch.float32)
+        sums.index_add_(2, owner, keys.float())
+        counts = self.counts.clamp(min=1).to(sums.device, sums.dtype)
+        return (sums / counts.view(1, 1, -1, 1)).permute(2, 0, 1, 3).contiguous().cpu()
 
 
 @dataclass

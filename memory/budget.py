@@ -80,8 +80,7 @@ class GridTable:
 
     def entry_rows(self, memory: VideoMemory, i: int) -> torch.Tensor:
         """Row of every visual entry of block ``i``, int64 ``[num_visual]``."""
-        record = memory.blocks[i].grids
-        return self.offset[i] + torch.searchsorted(record.t, record.entry_t)
+        return self.offset[i] + memory.blocks[i].grids.entry_grid
 
     def spans(self, rows: torch.Tensor) -> list[tuple[float, float]]:
         """Time spans (s) of the grids at ``rows``; grids next to each other join into one span."""
