@@ -58,7 +58,7 @@ def _summary_lines(logs: list[Path]) -> list[dict]:
         rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
         warm = max((r["warmup_step"] for r in rows if "warmup_step" in r), default=0)
         # The warm-up may stop early at its time limit: the last logged step is what ran.
-        out += [{**r, "text_warmup_steps": r.get("text_warmup_done", warm)} for r in rows if "heldout_accuracy" in r]
+        out += [{**r, "text_warmup_done": r.get("text_warmup_done", warm)} for r in rows if "heldout_accuracy" in r]
     return out
 
 
