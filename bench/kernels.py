@@ -34,14 +34,17 @@ from vidqa.kernels.quant import dequantize_kv, quantize_kv
 
 # Knobs of block_attention_triton tried by --sweep, per query length (decode, 128-token question).
 # stages 3/5/7 keep 1/2/3 KV tiles in flight (the table lookup takes half the stages, see triton_impl);
-# bn=256 with 4 warps spills registers, so it is left out. Each list holds the default config.
+# bn=256 with 4 warps spills registers, so it is left out. dequant "f32" is the earlier float32
+# dequantization, kept in the sweep as the same-run baseline of "f16". Each list holds the default.
 SWEEP = {
-    1: [dict(bm=16, bn=bn, num_warps=w, stages=st, waves=4)
-        for bn, w, st in itertools.product((64, 128), (4, 8), (3, 5, 7))]
-       + [dict(bm=16, bn=256, num_warps=8, stages=st, waves=4) for st in (3, 5)],
-    128: [dict(bm=bm, bn=bn, num_warps=w, stages=3, waves=2)
+    1: [dict(bm=16, bn=bn, num_warps=w, stages=st, waves=4, dequant=dq)
+        for dq, bn, w, st in itertools.product(("f16", "f32"), (64, 128), (4, 8), (3, 5))]
+       + [dict(bm=16, bn=bn, num_warps=4, stages=st, waves=wv, dequant="f16")
+          for bn, st, wv in itertools.product((64, 128), (5, 7), (2, 8))]
+       + [dict(bm=16, bn=256, num_warps=8, stages=3, waves=4, dequant="f16")],
+    128: [dict(bm=bm, bn=bn, num_warps=w, stages=3, waves=2, dequant="f16")
           for bm, bn, w in itertools.product((64, 128), (32, 64), (4, 8))]
-         + [dict(bm=64, bn=64, num_warps=8, stages=5, waves=4)],
+         + [dict(bm=64, bn=64, num_warps=8, stages=5, waves=4, dequant=dq) for dq in ("f16", "f32")],
 }
 
 HQ, HKV, D, BLOCK = 28, 4, 128, 256

@@ -2,7 +2,7 @@
 
 Only ``DynamicCache`` is used, mutated through ``cache.layers[i].keys/values`` (the API that holds
 across transformers 5.x). Layers have the same length unless in-LLM pruning asked otherwise, in
-which case the model must attend through :func:`vidqa.memory.attention.uneven_attention` (the
+which case the model must attend through :func:`vidqa.memory.attention.bottom_right_attention` (the
 stock mask is built from layer 0's length).
 """
 

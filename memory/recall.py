@@ -13,7 +13,7 @@
 4. Optionally compress the retrieved visual KV per layer (:mod:`.compress`, LOOK-M).
 5. Optionally prune in the LLM (``layer_keep``, PyramidDrop): deeper layers keep fewer visual
    entries, those the question's queries attend to most at that layer; layers then differ in
-   length, so the answer is computed under :func:`vidqa.memory.attention.uneven_attention`.
+   length, so the answer is computed under :func:`vidqa.memory.attention.bottom_right_attention`.
 
 With a budget that covers every block and ``compress_ratio = 1`` the result is exactly the KV
 that a one-shot prefill of the whole sequence would hold (tested), with or without a budget reducer.

@@ -1,10 +1,14 @@
 """Host-side storage of one KV tensor: full precision or group-wise int8/int4.
 
-``StoredKV.pack(x, bits)`` moves a ``[L, H, n, D]`` tensor off the GPU (pinned host memory when CUDA
-is present, so that bringing it back is an asynchronous copy); with ``bits`` 8 or 4 it is quantized
-per token in groups of ``group_size`` channels (KIVI, Liu et al. 2024; ZipCache, He et al. 2024)
-by :mod:`vidqa.kernels.quant`, whose Triton kernel runs on the GPU before the copy and whose
-PyTorch reference runs on CPU.
+``StoredKV.pack(x, bits)`` moves a ``[L, H, n, D]`` tensor off the GPU into ordinary (pageable) host
+memory; with ``bits`` 8 or 4 it is quantized per token in groups of ``group_size`` channels (KIVI,
+Liu et al. 2024; ZipCache, He et al. 2024) by :mod:`vidqa.kernels.quant`, whose Triton kernel runs
+on the GPU before the copy and whose PyTorch reference runs on CPU.
+
+Why not pinned memory: page-locking ran at about 1.5 GB/s on the lent H200's host, and the offload
+stage of an hour's ingest (13 GB of 7B KV) was timed at 9.3 s, nearly all of it pinning. A plain
+copy needs no locking, and four hours of page-locked KV would be more than a workstation can spare.
+Bringing the few retrieved blocks back per question is a small copy either way.
 """
 
 from __future__ import annotations
@@ -33,13 +37,11 @@ class StoredKV:
     @staticmethod
     def pack(x: torch.Tensor, bits: int = 16, group_size: int = 32) -> "StoredKV":
         if bits == 16:
-            host = x.detach().to("cpu", copy=True)
-            if torch.cuda.is_available():
-                host = host.pin_memory()
-            return StoredKV(host, 16, x.dtype)
+            return StoredKV(x.detach().to("cpu", copy=True), 16, x.dtype)
         # Heads narrower than the group (tiny models) use one group per token and head.
         group = math.gcd(group_size, x.shape[-1])
-        q = _quant().quantize_kv(x.detach(), bits=bits, group_size=group).to("cpu")
+        # non_blocking=False: a non-blocking copy to the host allocates pinned memory (see above)
+        q = _quant().quantize_kv(x.detach(), bits=bits, group_size=group).to("cpu", non_blocking=False)
         return StoredKV(q, bits, x.dtype)
 
     def unpack(self, device, dtype: torch.dtype | None = None) -> torch.Tensor:

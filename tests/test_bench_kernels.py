@@ -22,6 +22,6 @@ def test_sweep_grids_hold_the_defaults():
 
     bench = load_bench("kernels")
     p = inspect.signature(block_attention_triton).parameters
-    bn, stages, waves = p["bn"].default, p["stages"].default, p["waves"].default
-    assert dict(bm=16, bn=bn, num_warps=4, stages=stages, waves=waves) in bench.SWEEP[1]
-    assert dict(bm=64, bn=bn, num_warps=8, stages=stages, waves=waves) in bench.SWEEP[128]
+    bn, stages, waves, dq = (p[k].default for k in ("bn", "stages", "waves", "dequant"))
+    assert dict(bm=16, bn=bn, num_warps=4, stages=stages, waves=waves, dequant=dq) in bench.SWEEP[1]
+    assert dict(bm=64, bn=bn, num_warps=8, stages=stages, waves=waves, dequant=dq) in bench.SWEEP[128]

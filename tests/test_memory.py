@@ -193,26 +193,43 @@ def test_rotating_keys_by_a_delta_equals_prefilling_at_the_shifted_position(requ
     torch.testing.assert_close(adapter.rotate_keys(keys[0], 123), keys[1], atol=1e-4, rtol=1e-4)
 
 
-def test_uneven_attention_equals_stock_sdpa_on_uniform_caches(qwen_adapter):
-    from vidqa.memory.attention import uneven_attention
-
+def test_forward_equals_stock_attention_on_uniform_caches(qwen_adapter):
+    """adapter.forward (bottom-right causal SDPA, no mask tensor) equals transformers' own masked
+    SDPA path over the same two-part prefill; the model is restored to its own implementation."""
     a = qwen_adapter
     ids = a.tokenize("a question long enough to be split in two prefills")
     e, p = a.embed_ids(ids), a.text_positions(len(ids), 0)
-    c1, c2 = DynamicCache(), DynamicCache()
-    a.forward(e[:20], p[:, :20], c1)
-    ref = a.forward(e[20:], p[:, 20:], c1)
-    with uneven_attention(a):
-        a.forward(e[:20], p[:, :20], c2)
-        got = a.forward(e[20:], p[:, 20:], c2)
-    torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-6)
-    assert a.text_config._attn_implementation != "vidqa_sdpa"  # restored after the block
+    stock = a.text_config._attn_implementation
+    ref_cache, cache = DynamicCache(), DynamicCache()
+    with torch.no_grad():
+        for part in (slice(0, 20), slice(20, None)):
+            out = a.language_model(inputs_embeds=e[part][None], position_ids=p[:, part].unsqueeze(1),
+                                   past_key_values=ref_cache, use_cache=True)
+    ref = a.model.lm_head(out.last_hidden_state[0, -1:]).float()[-1]
+    a.forward(e[:20], p[:, :20], cache)
+    got = a.forward(e[20:], p[:, 20:], cache)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    assert a.text_config._attn_implementation == stock != "vidqa_sdpa"  # restored after each forward
+
+
+@pytest.mark.parametrize("hq,hkv,q_len,k_len", [(4, 2, 1, 9), (4, 2, 5, 5), (4, 2, 3, 11), (2, 2, 4, 7)])
+def test_bottom_right_sdpa_equals_masked_reference(hq, hkv, q_len, k_len):
+    from vidqa.memory.attention import bottom_right_sdpa
+
+    g = torch.Generator().manual_seed(q_len * 100 + k_len)
+    q = torch.randn(1, hq, q_len, 16, generator=g)
+    k, v = torch.randn(1, hkv, k_len, 16, generator=g), torch.randn(1, hkv, k_len, 16, generator=g)
+    out, _ = bottom_right_sdpa(None, q, k, v, attention_mask="ignored", scaling=0.3)
+    kk, vv = k.repeat_interleave(hq // hkv, 1), v.repeat_interleave(hq // hkv, 1)
+    logits = (q @ kk.transpose(-1, -2)) * 0.3
+    visible = torch.arange(k_len)[None, :] <= torch.arange(q_len)[:, None] + k_len - q_len
+    ref = logits.masked_fill(~visible, float("-inf")).softmax(-1) @ vv
+    torch.testing.assert_close(out, ref.transpose(1, 2), atol=1e-5, rtol=1e-5)
 
 
 def test_pyramid_pruning_keeps_fewer_entries_in_deeper_layers(qwen_adapter):
     """layer_keep "1:0.25": layer 0 keeps every retrieved visual entry, layer 1 a quarter -- the
     ones the question attends to most there -- and the answer runs over the uneven cache."""
-    from vidqa.memory.attention import uneven_attention
 
     a = qwen_adapter
     chunks = random_chunks(a, 3)
@@ -225,8 +242,7 @@ def test_pyramid_pruning_keeps_fewer_entries_in_deeper_layers(qwen_adapter):
     n_vis = memory.num_visual_tokens
     lengths = [layer.keys.shape[2] for layer in rec.cache.layers]
     assert rec.uneven and lengths[0] - lengths[1] == n_vis - -(-n_vis // 4)
-    with uneven_attention(a):
-        logits = a.forward(q, a.text_positions(q.shape[0], rec.next_position), rec.cache)
+    logits = a.forward(q, a.text_positions(q.shape[0], rec.next_position), rec.cache)
     assert torch.isfinite(logits).all()
     with pytest.raises(Exception):
         MemoryConfig(layer_keep="8:2")

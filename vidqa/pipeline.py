@@ -12,7 +12,6 @@ depends on the question (retrieval, question-aware reduction, KV compression) ha
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import os
@@ -26,7 +25,6 @@ import torch
 from vidqa.config import VidqaConfig
 from vidqa.errors import CacheError, QuestionError, ResourceError, VideoError
 from vidqa.memory import StreamingIngest, VideoMemory, recall
-from vidqa.memory.attention import uneven_attention
 from vidqa.memory.persist import load_memory, save_memory
 
 MAX_QUESTION_CHARS = 8000
@@ -256,19 +254,18 @@ class VideoQA:
             context = {"question": prompt, "question_embeds": adapter.embed_ids(adapter.tokenize(prompt)),
                        "video": memory.video.get("fingerprint")}
         ctx = recall(adapter, memory, q_embeds, mc, budget=budget, context=context)
-        attention = uneven_attention(adapter) if ctx.uneven else contextlib.nullcontext()
         ids: list[int] = []
         emitted = ""
         limit = max_new_tokens or self.config.max_new_tokens
-        with attention:
-            logits = adapter.forward(q_embeds, adapter.text_positions(len(q_ids), ctx.next_position), ctx.cache)
-            ttft = time.perf_counter() - t1
-            for token in adapter.generate(logits, ctx.next_position + len(q_ids), ctx.cache, limit):
-                ids.append(token)
-                text = adapter.decode_ids(ids)
-                if len(text) > len(emitted) and not text.endswith("\ufffd"):
-                    yield text[len(emitted):]
-                    emitted = text
+        # forward attends with each layer's own cache length, so uneven caches (ctx.uneven) need nothing more
+        logits = adapter.forward(q_embeds, adapter.text_positions(len(q_ids), ctx.next_position), ctx.cache)
+        ttft = time.perf_counter() - t1
+        for token in adapter.generate(logits, ctx.next_position + len(q_ids), ctx.cache, limit):
+            ids.append(token)
+            text = adapter.decode_ids(ids)
+            if len(text) > len(emitted) and not text.endswith("\ufffd"):
+                yield text[len(emitted):]
+                emitted = text
         text = adapter.decode_ids(ids)
         if len(text) > len(emitted):
             yield text[len(emitted):]

@@ -180,10 +180,13 @@ class VLMAdapter(ABC):
         Returns logits ``[V]`` of the last token (``logits_for="last"``), ``[L, V]`` (``"all"``), or
         the final hidden states ``[L, D]`` (``"hidden"``).
         """
+        from vidqa.memory.attention import bottom_right_attention
+
         pos = positions.to(self.device).unsqueeze(1)  # [P, 1, L]
         if self.position_dims == 1:
             pos = pos[0]  # [1, L] for 1-D RoPE models
-        with torch.no_grad():
+        # Each layer attends with its own cache length and no mask tensor (memory/attention.py).
+        with torch.no_grad(), bottom_right_attention(self):
             out = self.language_model(
                 inputs_embeds=embeds.to(self.device, self.dtype).unsqueeze(0),
                 position_ids=pos,

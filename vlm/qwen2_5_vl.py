@@ -21,6 +21,7 @@ import torch
 from vidqa.tokens import VisualTokens
 from vidqa.vlm.base import ChunkLayout, VLMAdapter
 from vidqa.vlm.vision_attention import packed_vision_attention
+from vidqa.vlm.vision_fast import speed_up_vision
 
 
 def format_timestamp(seconds: float) -> str:
@@ -63,6 +64,9 @@ class Qwen2_5_VLAdapter(VLMAdapter):
                     cap_pixels_per_frame=False, device=str(self.device))
         pixels = inputs["pixel_values_videos"].to(self.device)
         grid_thw = inputs["video_grid_thw"].to(self.device)
+        # Exact rewrites of the tower's slow products (vision_fast.py), once, at the first encode so that
+        # training the same tower (synth/train.py) keeps its architecture.
+        speed_up_vision(self.model.model.visual, pad=self.device.type == "cuda")
         # Packed window attention: one SDPA call per window size instead of one per window.
         with torch.no_grad(), packed_vision_attention(self.model.model.visual):
             out = self.model.model.get_video_features(pixel_values_videos=pixels, video_grid_thw=grid_thw)

@@ -26,6 +26,30 @@ import torch
 
 NAME = "vidqa_flash_varlen_sdpa"
 _registered = False
+_plans: dict | None = None  # segment plans of the current `packed_vision_attention` block
+
+
+def _segment_plan(cu_seq_lens_q, n_tokens: int, device):
+    """How to attend the segments ``cu_seq_lens_q`` (``[S + 1]`` boundaries tiling ``[0, n_tokens)``):
+    ``("one", seg)`` for equal segments of length ``seg``, else ``("groups", [(length, idx [n, length])])``
+    with the token indices of the segments of each length. One host sync per boundary tensor: the
+    tower passes the same two tensors (window and full-attention boundaries) to all of its blocks,
+    so inside :func:`packed_vision_attention` a plan is built once per tensor and forward, not per block."""
+    key = id(cu_seq_lens_q) if cu_seq_lens_q is not None else None
+    cached = _plans.get(key) if _plans is not None and key is not None else None
+    if cached is not None and cached[0] is cu_seq_lens_q:
+        return cached[1]
+    cu = [0, n_tokens] if cu_seq_lens_q is None else [int(x) for x in cu_seq_lens_q.tolist()]
+    starts = torch.tensor(cu[:-1])
+    lengths = torch.tensor(cu[1:]) - starts
+    if (lengths == lengths[0]).all() and lengths[0] > 0:  # the common case: a plain reshape
+        plan = ("one", int(lengths[0]))
+    else:
+        plan = ("groups", [(length, (starts[lengths == length][:, None] + torch.arange(length)).to(device))
+                           for length in torch.unique(lengths).tolist() if length > 0])
+    if _plans is not None and key is not None:
+        _plans[key] = (cu_seq_lens_q, plan)  # the tensor is kept so that its id cannot be reused
+    return plan
 
 
 def varlen_sdpa(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0,
@@ -35,24 +59,15 @@ def varlen_sdpa(module, query, key, value, attention_mask=None, scaling=None, dr
     ``query/key/value``: ``[1, H, N, D]``; ``cu_seq_lens_q``: ``[S + 1]`` cumulative segment
     boundaries tiling ``[0, N)``. Returns ``([1, N, H, D], None)`` as transformers' flash functions do.
     """
-    if cu_seq_lens_q is None:  # one segment: plain attention
-        cu = [0, query.shape[2]]
-    else:
-        cu = [int(x) for x in cu_seq_lens_q.tolist()]  # one host sync per block
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [N, H, D]
     n_tokens, heads, dim = q.shape
-    starts = torch.tensor(cu[:-1])
-    lengths = torch.tensor(cu[1:]) - starts
-    if (lengths == lengths[0]).all() and lengths[0] > 0:  # the common case: a plain reshape
-        seg = int(lengths[0])
-        stack = [t.reshape(-1, seg, heads, dim).transpose(1, 2) for t in (q, k, v)]
+    kind, plan = _segment_plan(cu_seq_lens_q, n_tokens, q.device)
+    if kind == "one":
+        stack = [t.reshape(-1, plan, heads, dim).transpose(1, 2) for t in (q, k, v)]
         out = torch.nn.functional.scaled_dot_product_attention(*stack, scale=scaling)  # [S, H, seg, D]
         return out.transpose(1, 2).reshape(1, n_tokens, heads, dim), None
     out = q.new_empty(n_tokens, heads, dim)
-    for length in torch.unique(lengths).tolist():
-        if length == 0:
-            continue
-        idx = (starts[lengths == length][:, None] + torch.arange(length)).to(q.device)  # [n, length]
+    for _, idx in plan:
         stack = [t[idx].transpose(1, 2) for t in (q, k, v)]  # [n, H, length, D]
         o = torch.nn.functional.scaled_dot_product_attention(*stack, scale=scaling)
         out[idx] = o.transpose(1, 2)
@@ -77,9 +92,13 @@ def packed_vision_attention(vision_tower: torch.nn.Module):
     if previous and "flash" in previous:
         yield
         return
+    global _plans
     _register()
+    outer = _plans
     try:
         config._attn_implementation = NAME
+        _plans = {}
         yield
     finally:
         config._attn_implementation = previous
+        _plans = outer

@@ -41,6 +41,22 @@ def _scales(s_ptr, sbase, offs_n, valid, NG: tl.constexpr, W: tl.constexpr):
 
 
 @triton.jit
+def _load_int8_f16(ptr, s_ptr, base, sbase, offs_n, valid, stride_t, D: tl.constexpr, G: tl.constexpr):
+    """A float16 [BN, D] tile of int8 data times its fp16 group scales, without an int-to-float
+    conversion instruction: ``x + 128 + 0x6400`` read as fp16 bits is exactly ``1024 + (x + 128)``
+    (10 mantissa bits hold 0..255), so ``- 1152`` gives ``x`` exactly. Integer-to-float conversions
+    issue at a quarter of the rate of adds on Hopper, and converting every loaded byte through them
+    (the float32 path) is what held decode below the memory bandwidth."""
+    d = tl.arange(0, D)
+    x = tl.load(ptr + base + offs_n[:, None] * stride_t + d[None, :], mask=valid[:, None], other=0)
+    h = (x.to(tl.int16) + 25728).to(tl.float16, bitcast=True) - 1152.0
+    s = tl.load(s_ptr + sbase + offs_n[:, None] * (D // G) + tl.arange(0, D // G)[None, :], mask=valid[:, None],
+                other=0.0)
+    s = tl.reshape(tl.broadcast_to(s[:, :, None], (s.shape[0], D // G, G)), (s.shape[0], D))
+    return h * s
+
+
+@triton.jit
 def _load_full(ptr, s_ptr, base, sbase, offs_n, valid, stride_t,
                D: tl.constexpr, G: tl.constexpr, QUANT: tl.constexpr):
     """A float32 [BN, D] tile of fp data, or of int8 data times its group scales."""
@@ -81,7 +97,7 @@ def _block_attn_kernel(Q, K, V, KS, KZ, VS, VZ, TABLE, LENS, TK, TV, O, LSE,
                        qk_scale,
                        D: tl.constexpr, G: tl.constexpr, MODE: tl.constexpr, HAS_TAIL: tl.constexpr,
                        HAS_LENS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, LOWP: tl.constexpr,
-                       STAGES: tl.constexpr):
+                       STAGES: tl.constexpr, F16: tl.constexpr):
     kvh = tl.program_id(0)
     rows = tl.program_id(1) * BM + tl.arange(0, BM)
     split = tl.program_id(2)
@@ -101,6 +117,8 @@ def _block_attn_kernel(Q, K, V, KS, KZ, VS, VZ, TABLE, LENS, TK, TV, O, LSE,
     else:
         q = tl.load(qrow + d[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
         acc = tl.zeros((BM, D), tl.float32)
+        if F16:  # the scale folded into the query once, not applied to every logit tile
+            q16 = (q * qk_scale).to(tl.float16)
     # One flat loop over (selected block, tile of BN tokens) pairs, so that loads pipeline.
     tiles_per_block = tl.cdiv(T, BN)
     it_lo = split * per_split * tiles_per_block
@@ -123,11 +141,13 @@ def _block_attn_kernel(Q, K, V, KS, KZ, VS, VZ, TABLE, LENS, TK, TV, O, LSE,
         if MODE == 4:
             ka = _load_int4(K, KS, KZ, base, sbase, offs_n, in_blk, skt, D, G, 0)
             kb = _load_int4(K, KS, KZ, base, sbase, offs_n, in_blk, skt, D, G, 1)
-            qk = _dot(qa, tl.trans(ka), LOWP) + _dot(qb, tl.trans(kb), LOWP)
+            qk = (_dot(qa, tl.trans(ka), LOWP) + _dot(qb, tl.trans(kb), LOWP)) * qk_scale
+        elif F16:
+            qk = tl.dot(q16, tl.trans(_load_int8_f16(K, KS, base, sbase, offs_n, in_blk, skt, D, G)))
         else:
             k = _load_full(K, KS, base, sbase, offs_n, in_blk, skt, D, G, MODE == 8)
-            qk = _dot(q, tl.trans(k), LOWP)
-        qk = tl.where(valid[None, :], qk * qk_scale, float("-inf"))
+            qk = _dot(q, tl.trans(k), LOWP) * qk_scale
+        qk = tl.where(valid[None, :], qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, axis=1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp2(m_i - m_safe)
@@ -141,6 +161,11 @@ def _block_attn_kernel(Q, K, V, KS, KZ, VS, VZ, TABLE, LENS, TK, TV, O, LSE,
                 vb = tl.where(valid[:, None], vb, 0.0)
             acc_a = acc_a * alpha[:, None] + _dot(p, va, LOWP)
             acc_b = acc_b * alpha[:, None] + _dot(p, vb, LOWP)
+        elif F16:
+            v = _load_int8_f16(V, VS, base, sbase, offs_n, in_blk, skt, D, G)
+            if HAS_LENS:
+                v = tl.where(valid[:, None], v, 0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(tl.float16), v)
         else:
             v = _load_full(V, VS, base, sbase, offs_n, in_blk, skt, D, G, MODE == 8)
             if HAS_LENS:
@@ -266,14 +291,17 @@ def _writable(t: torch.Tensor | None, shape, device) -> bool:
 
 def block_attention_triton(q, k, v, block_table, block_lens, tail_k, tail_v, scale, splits: int | None = None,
                            bm: int | None = None, bn: int = 64, num_warps: int | None = None,
-                           stages: int = 5, waves: int = 4, out: torch.Tensor | None = None,
+                           stages: int = 5, waves: int = 4, dequant: str = "f16", out: torch.Tensor | None = None,
                            lse: torch.Tensor | None = None):
     """``k``/``v`` are tensors (float) or ``QuantizedKV`` of shape ``[NB, Hkv, T, D]``; returns
     ``(o [Hq, Lq, D] float32, lse [Hq, Lq] float32)``, stored into ``out``/``lse`` when given.
 
     Tuning knobs (``bench/kernels.py --sweep`` measures them): ``bm`` rows per program (default 16
     for decode-sized groups, else 64), ``bn`` tokens per tile, ``num_warps``, pipeline ``stages``
-    (5: two KV tiles in flight, see the module docstring), and ``splits`` of the block list (default: enough programs to fill the device ``waves`` times).
+    (5: two KV tiles in flight, see the module docstring), ``splits`` of the block list (default:
+    enough programs to fill the device ``waves`` times), and ``dequant``: how int8 tiles with bf16/fp16
+    queries are dequantized, ``"f16"`` (exact fp16 bit trick, fp16 tensor-core products; see
+    :func:`_load_int8_f16`) or ``"f32"`` (convert, scale in float32, products in bf16).
     With one split the kernel writes the result itself; otherwise :func:`combine_triton` merges the
     partials. Nothing here synchronises with the host when ``block_table``/``block_lens`` already
     live on ``q``'s device, so the call can be captured in a CUDA graph.
@@ -316,6 +344,9 @@ def block_attention_triton(q, k, v, block_table, block_lens, tail_k, tail_v, sca
     if has_tail and tv.stride() != tk.stride():
         tk, tv = tk.contiguous(), tv.contiguous()
     lt = tail_k.shape[1] if has_tail else 0
+    if dequant not in ("f16", "f32"):
+        raise ValueError(f"dequant must be 'f16' or 'f32', got {dequant!r}")
+    lowp = q.dtype in (torch.bfloat16, torch.float16)
     bm = bm or (16 if group * lq <= 16 else 64)
     tiles = triton.cdiv(group * lq, bm)
     n_sel = table.numel()
@@ -341,7 +372,7 @@ def block_attention_triton(q, k, v, block_table, block_lens, tail_k, tail_v, sca
         tk.stride(0) if has_tail else 0, tk.stride(1) if has_tail else 0,
         *so, *sl,
         scale * LOG2E, D=d, G=g, MODE=mode, HAS_TAIL=has_tail, HAS_LENS=has_lens, BM=bm, BN=bn,
-        LOWP=q.dtype in (torch.bfloat16, torch.float16), STAGES=stages if q.is_cuda else 1,
+        LOWP=lowp, STAGES=stages if q.is_cuda else 1, F16=mode == 8 and lowp and dequant == "f16",
         num_warps=num_warps or (8 if bm == 64 else 4))
     if splits == 1:
         o, l = part_o, part_l
