@@ -61,7 +61,7 @@ from gpu_budget import PROFILE_S, SAFETY_NATIVE, Budget, Estimates  # noqa: E402
 from gpu_device import cuda_sync, free_memory, gpu_gib  # noqa: E402
 from gpu_markdown import markdown, minutes_label  # noqa: E402
 from gpu_measure import native_run, vidqa_run  # noqa: E402
-from gpu_models import build  # noqa: E402
+from gpu_models import StockVision, build  # noqa: E402
 from gpu_profile import profile_record  # noqa: E402
 from gpu_report import Report  # noqa: E402
 from gpu_video import VIDEO_FPS, VideoFactory, cached_video_ok  # noqa: E402
@@ -179,6 +179,7 @@ class Run:
         tc = self.model.config.get_text_config()
         name = "bench/" + (Path(args.config).stem if args.config else f"tiny-{args.family}")
         self.adapter = adapter_class(args.family)(self.model, self.processor, name)
+        self.stock_vision = StockVision(self.model, args.family)  # before vidqa's first encode rewrites the tower
         self.report.add(
             "setup", device=self.device_name, model=name, dtype=str(dtype).removeprefix("torch."),
             torch=torch.__version__, transformers=transformers.__version__, python=platform.python_version(),
@@ -193,7 +194,8 @@ class Run:
         return vidqa_run(self.adapter, video, num_frames, self.args, self.workdir, self.weights_gib)
 
     def native(self, video: Path, num_frames: int) -> dict:
-        return native_run(self.model, self.processor, self.args.family, video, num_frames, self.args.frame_pixels)
+        with self.stock_vision:  # transformers' own tower, not vidqa's rewrites of it
+            return native_run(self.model, self.processor, self.args.family, video, num_frames, self.args.frame_pixels)
 
     # ---------------------------------------------------------------- measurements
     def measure_vidqa(self, m: float, reference: bool = False) -> dict:

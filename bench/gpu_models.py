@@ -7,6 +7,7 @@ tokenizer is the byte-level one of the tiny models (no download), with the famil
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -110,3 +111,53 @@ def build(config_path: str | None, family: str, frame_pixels: int, device: str, 
 def vision_module(model, family: str) -> torch.nn.Module:
     """The vision tower whose forward is timed as the "vision tower" stage (Qwen: with its merger)."""
     return model.model.visual if family == "qwen2_5_vl" else model.model.vision_tower
+
+
+class StockVision:
+    """Keeps the native path on transformers' own vision tower.
+
+    vidqa's Qwen adapter rewrites the tower in place at its first encode (``vlm/vision_fast.py``:
+    MLP padded to a multiple of 64 channels, patch embedding as a matmul); the native baseline
+    shares the model and must not get those for free. Made right after the model is built, this
+    holds host copies of the stock MLP modules; ``with stock:`` swaps them onto the GPU (the
+    rewritten ones go to the host meanwhile) and drops the matmul patch embedding, and restores
+    vidqa's on exit. The swaps happen outside every timed region."""
+
+    def __init__(self, model, family: str):
+        self.visual = model.model.visual if family == "qwen2_5_vl" else None
+        self.stock = None
+        if self.visual is not None and hasattr(self.visual, "blocks"):
+            self.stock = [{n: copy.deepcopy(getattr(b.mlp, n)).cpu() for n in ("gate_proj", "up_proj", "down_proj")
+                           if hasattr(b.mlp, n)} for b in self.visual.blocks]
+            self.width = getattr(self.visual.config, "intermediate_size", None)
+
+    def __enter__(self):
+        if self.stock is None:
+            return self
+        device = next(self.visual.parameters()).device
+        self.saved = []
+        for block, mods in zip(self.visual.blocks, self.stock):
+            self.saved.append({n: getattr(block.mlp, n).cpu() for n in mods})
+            for n, m in mods.items():
+                setattr(block.mlp, n, m.to(device))
+        self.fast_width = getattr(self.visual.config, "intermediate_size", None)
+        if self.width is not None:
+            self.visual.config.intermediate_size = self.width
+        pe = self.visual.patch_embed
+        self.pe_forward = pe.__dict__.pop("forward", None)
+        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+        return self
+
+    def __exit__(self, *exc):
+        if self.stock is None:
+            return
+        device = next(self.visual.parameters()).device
+        for block, mods, saved in zip(self.visual.blocks, self.stock, self.saved):
+            for n in mods:
+                mods[n] = getattr(block.mlp, n).cpu()
+                setattr(block.mlp, n, saved[n].to(device))
+        if self.fast_width is not None:
+            self.visual.config.intermediate_size = self.fast_width
+        if self.pe_forward is not None:
+            self.visual.patch_embed.forward = self.pe_forward
+        torch.cuda.empty_cache() if torch.cuda.is_available() else None

@@ -239,3 +239,32 @@ def test_time_budget_skips_all_but_the_reference(gpu, tmp_path, monkeypatch):
     assert any(r["section"] == "profile" and r.get("skipped") for r in report.records)
     text = (tmp_path / "gpu.md").read_text()
     assert "## Skipped or failed" in text and "skipped: needs" in text
+
+
+def test_stock_vision_gives_the_native_path_the_unmodified_tower(gpu_models):
+    """The native baseline runs transformers' own tower even after vidqa rewrote it in place."""
+    import numpy as np
+
+    from vidqa.vlm import load_adapter
+    from vidqa.vlm.vision_fast import pad_mlp_width, patch_embed_as_matmul
+
+    adapter = load_adapter("tiny-random/qwen2_5_vl", device="cpu")
+    visual = adapter.model.model.visual
+    stock = gpu_models.StockVision(adapter.model, "qwen2_5_vl")
+    frames = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    inputs = adapter.processor.video_processor(videos=[frames], return_tensors="pt", do_sample_frames=False)
+
+    def tower():
+        with torch.no_grad():
+            return visual(inputs["pixel_values_videos"], grid_thw=inputs["video_grid_thw"]).pooler_output
+
+    ref = tower()
+    pad_mlp_width(visual, multiple=48)  # what vidqa does on a GPU (64 -> 96 channels here)
+    patch_embed_as_matmul(visual)
+    with stock:
+        assert visual.blocks[0].mlp.gate_proj.out_features == 64 and visual.config.intermediate_size == 64
+        assert "forward" not in visual.patch_embed.__dict__
+        torch.testing.assert_close(tower(), ref, atol=1e-6, rtol=1e-6)
+    assert visual.blocks[0].mlp.gate_proj.out_features == 96 and visual.config.intermediate_size == 96
+    assert "forward" in visual.patch_embed.__dict__
+    torch.testing.assert_close(tower(), ref, atol=1e-5, rtol=1e-5)

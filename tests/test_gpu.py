@@ -109,3 +109,43 @@ def test_packed_vision_attention_equals_the_per_window_loop_in_bf16(hw):
     assert packed.shape == native.shape and not packed.isnan().any()
     # bf16: the same math in another order of summation.
     torch.testing.assert_close(packed.float(), native.float(), atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize("q_len,k_len", [(1, 6000), (2016, 6100), (300, 300)])
+def test_bottom_right_sdpa_on_cuda_equals_masked_reference(q_len, k_len):
+    """7B shapes in bf16 (28 query heads over 4 KV heads): decode, a chunk after its context, and a
+    cacheless prefill, on the kernels CUDA dispatches to (flash / efficient, not cuDNN)."""
+    from vidqa.memory.attention import bottom_right_sdpa
+
+    q = torch.randn(1, 28, q_len, 128, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(1, 4, k_len, 128, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    out, _ = bottom_right_sdpa(None, q, k, v, scaling=128 ** -0.5)
+    kk, vv = (t.repeat_interleave(7, 1).float() for t in (k, v))
+    visible = torch.ones(q_len, k_len, dtype=torch.bool, device="cuda").tril(k_len - q_len)
+    ref = torch.nn.functional.scaled_dot_product_attention(q.float(), kk, vv, attn_mask=visible)
+    torch.testing.assert_close(out.float(), ref.transpose(1, 2), atol=2e-2, rtol=2e-2)
+
+
+def test_vision_speed_ups_keep_the_7b_tower_output_in_bf16():
+    """The padded MLP (3,420 -> 3,456) and the matmul patch embedding at the 7B tower's widths."""
+    import copy
+
+    from transformers import Qwen2_5_VLConfig
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+
+    from vidqa.vlm.vision_fast import speed_up_vision
+
+    vc = Qwen2_5_VLConfig(vision_config=dict(depth=2, hidden_size=1280, intermediate_size=3420, num_heads=16,
+                                             out_hidden_size=3584, fullatt_block_indexes=[1])).vision_config
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        tower = Qwen2_5_VisionTransformerPretrainedModel._from_config(vc, dtype=torch.bfloat16).eval()
+    grid = torch.tensor([[2, 24, 42]], device="cuda")
+    pixels = torch.randn(2 * 24 * 42, 3 * 2 * 14 * 14, device="cuda", dtype=torch.bfloat16)
+    fast = copy.deepcopy(tower)
+    speed_up_vision(fast)
+    assert fast.blocks[0].mlp.gate_proj.out_features == 3456
+    with torch.no_grad():
+        ref, got = tower(pixels, grid_thw=grid).pooler_output, fast(pixels, grid_thw=grid).pooler_output
+    torch.testing.assert_close(got.float(), ref.float(), atol=5e-2, rtol=5e-2)

@@ -289,16 +289,24 @@ def _writable(t: torch.Tensor | None, shape, device) -> bool:
             and (t.dim() < 3 or t.stride(-1) == 1))
 
 
+# Default knobs, measured by `bench/kernels.py --sweep` on an H200 at 1M int8 tokens (7B shapes):
+# "decode" when the GQA group times the query length fits one 16-row tile, else "prefill".
+DEFAULT_KNOBS = {
+    "decode": dict(bm=16, bn=128, num_warps=4, stages=5, waves=2, dequant="f16"),
+    "prefill": dict(bm=64, bn=64, num_warps=4, stages=3, waves=2, dequant="f16"),
+}
+
+
 def block_attention_triton(q, k, v, block_table, block_lens, tail_k, tail_v, scale, splits: int | None = None,
-                           bm: int | None = None, bn: int = 64, num_warps: int | None = None,
-                           stages: int = 5, waves: int = 4, dequant: str = "f16", out: torch.Tensor | None = None,
-                           lse: torch.Tensor | None = None):
+                           bm: int | None = None, bn: int | None = None, num_warps: int | None = None,
+                           stages: int | None = None, waves: int | None = None, dequant: str | None = None,
+                           out: torch.Tensor | None = None, lse: torch.Tensor | None = None):
     """``k``/``v`` are tensors (float) or ``QuantizedKV`` of shape ``[NB, Hkv, T, D]``; returns
     ``(o [Hq, Lq, D] float32, lse [Hq, Lq] float32)``, stored into ``out``/``lse`` when given.
 
-    Tuning knobs (``bench/kernels.py --sweep`` measures them): ``bm`` rows per program (default 16
-    for decode-sized groups, else 64), ``bn`` tokens per tile, ``num_warps``, pipeline ``stages``
-    (5: two KV tiles in flight, see the module docstring), ``splits`` of the block list (default:
+    Tuning knobs (``bench/kernels.py --sweep`` measures them; ``None`` takes :data:`DEFAULT_KNOBS`):
+    ``bm`` rows per program, ``bn`` tokens per tile, ``num_warps``, pipeline ``stages`` (3: one KV
+    tile in flight, 5: two, see the module docstring), ``splits`` of the block list (default:
     enough programs to fill the device ``waves`` times), and ``dequant``: how int8 tiles with bf16/fp16
     queries are dequantized, ``"f16"`` (exact fp16 bit trick, fp16 tensor-core products; see
     :func:`_load_int8_f16`) or ``"f32"`` (convert, scale in float32, products in bf16).
@@ -344,10 +352,12 @@ def block_attention_triton(q, k, v, block_table, block_lens, tail_k, tail_v, sca
     if has_tail and tv.stride() != tk.stride():
         tk, tv = tk.contiguous(), tv.contiguous()
     lt = tail_k.shape[1] if has_tail else 0
+    knobs = DEFAULT_KNOBS["decode" if group * lq <= 16 else "prefill"]
+    bm, bn, num_warps = bm or knobs["bm"], bn or knobs["bn"], num_warps or knobs["num_warps"]
+    stages, waves, dequant = stages or knobs["stages"], waves or knobs["waves"], dequant or knobs["dequant"]
     if dequant not in ("f16", "f32"):
         raise ValueError(f"dequant must be 'f16' or 'f32', got {dequant!r}")
     lowp = q.dtype in (torch.bfloat16, torch.float16)
-    bm = bm or (16 if group * lq <= 16 else 64)
     tiles = triton.cdiv(group * lq, bm)
     n_sel = table.numel()
     if splits is None:  # enough programs to fill the device `waves` times over
@@ -373,7 +383,7 @@ def block_attention_triton(q, k, v, block_table, block_lens, tail_k, tail_v, sca
         *so, *sl,
         scale * LOG2E, D=d, G=g, MODE=mode, HAS_TAIL=has_tail, HAS_LENS=has_lens, BM=bm, BN=bn,
         LOWP=lowp, STAGES=stages if q.is_cuda else 1, F16=mode == 8 and lowp and dequant == "f16",
-        num_warps=num_warps or (8 if bm == 64 else 4))
+        num_warps=num_warps)
     if splits == 1:
         o, l = part_o, part_l
     else:
