@@ -85,6 +85,9 @@ def parse_args(argv=None):
     ap.add_argument("--oom-frames", type=int, nargs="+", default=[1536, 2304, 3600, 5400, 7200],
                     help="native frame counts tried in order until one fails")
     ap.add_argument("--native-cap-s", type=float, default=240.0, help="skip a native attempt estimated longer")
+    ap.add_argument("--oom-cap-gib", type=float, default=None,
+                    help="run the native out-of-memory search as on a GPU of this much memory "
+                         "(torch.cuda.set_per_process_memory_fraction)")
     ap.add_argument("--frame-pixels", type=int, default=448 * 448)
     ap.add_argument("--chunk-frames", type=int, default=16)
     ap.add_argument("--kv-bits", type=int, default=8)
@@ -244,7 +247,19 @@ class Run:
             self.guarded(f"vidqa {minutes_label(m)}", self.measure_vidqa, m)
 
     def native_oom_search(self) -> None:
-        """Native on more and more frames until one attempt fails, is estimated past the cap, or does not fit."""
+        """Native on more and more frames until one attempt fails, is estimated past the cap, or does not
+        fit; with ``--oom-cap-gib``, on that much GPU memory only."""
+        cap = self.args.oom_cap_gib
+        if cap and self.device == "cuda":
+            total = torch.cuda.get_device_properties(0).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, cap * 2**30 / total))
+        try:
+            self._native_oom_tries(cap)
+        finally:
+            if cap and self.device == "cuda":
+                torch.cuda.set_per_process_memory_fraction(1.0)
+
+    def _native_oom_tries(self, cap: float | None) -> None:
         args, report = self.args, self.report
         for n in args.oom_frames:
             source = next((self.videos[m] for m in sorted(self.videos) if self.seconds_of[m] * VIDEO_FPS >= n), None)
@@ -263,7 +278,7 @@ class Run:
             nat = self.guarded(f"native {n} frames", self.native, source, n)
             if nat is None:
                 break
-            report.add("native_oom", **nat)
+            report.add("native_oom", cap_gib=cap, **nat)
             if nat["status"] != "ok":
                 break
             self.estimates.native_points.append((nat["frames"], nat["total_s"]))

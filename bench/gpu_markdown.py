@@ -127,10 +127,14 @@ def _native_oom(oom: list[dict], equal: list[dict]) -> list[str]:
 
     lines = _table("| frames | status | time to first answer (s) | peak GPU total (GiB) | visual tokens |", oom, row,
                    lambda n: f"| {n['frames']} | skipped: {n['reason']} | | | |")
-    fit = [n["frames"] for n in equal if not n.get("skipped") and n["native"]["status"] == "ok"]
+    cap = next((n["cap_gib"] for n in oom if n.get("cap_gib")), None)
+    # the equal-frame runs had the whole device: they count only for an uncapped search
+    fit = [] if cap else [n["frames"] for n in equal if not n.get("skipped") and n["native"]["status"] == "ok"]
     fit += [n["frames"] for n in oom if not n.get("skipped") and n["status"] == "ok"]
     failed = [n["frames"] for n in oom if not n.get("skipped") and n["status"] != "ok"]
-    return lines + ["", f"Largest that fit: {max(fit) if fit else 'none'}; first that failed: "
+    where = (f" with GPU memory capped at {cap:g} GiB (torch.cuda.set_per_process_memory_fraction), as on a "
+             f"{cap:g} GB card" if cap else "")
+    return lines + ["", f"Largest that fit{where}: {max(fit) if fit else 'none'}; first that failed: "
                         f"{min(failed) if failed else 'none of those tried'}."]
 
 
