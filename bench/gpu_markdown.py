@@ -83,7 +83,7 @@ def _vidqa(rows: list[dict]) -> list[str]:
 
     done = [r for r in rows if not r.get("skipped")]
     lines = _table("| video | frames | ingest (s) | x real time "
-                   "| decode wait / preprocess / vision / prefill / offload / other (s) "
+                   "| decode wait / preprocess / vision / prefill / offload wait / other (s) "
                    "| TTFT first / follow-up median (s) | decode tok/s |", rows, timing,
                    lambda r: f"| {minutes_label(r['minutes'])} | — | skipped: {r['reason']} | | | | |")
     lines += ["", *_table("| video | visual tokens stored | attended per question "
@@ -97,8 +97,13 @@ def _vidqa(rows: list[dict]) -> list[str]:
             lines += ["", f"Peak GPU memory (total), {minutes_label(longest['minutes'])} / "
                           f"{minutes_label(ref['minutes'])}: "
                           f"{ratio:.3f} ({'within' if abs(ratio - 1) <= 0.10 else 'OUTSIDE'} the ±10% target)."]
+    background = [f"{minutes_label(r['minutes'])} {r['offload_background_s']:.1f} s" for r in done
+                  if r.get("offload_background_s") is not None]
     return lines + ["", "Stage boundaries are synchronised with the device (the times add up to the ingest wall "
-                        "time). Decode wait is the time the pipeline waited for the decoder thread."]
+                        "time). Decode wait is the time the pipeline waited for the decoder thread; offload wait "
+                        "the time it waited for the offload thread, which quantizes and copies each chunk's KV "
+                        "to the host in parallel with the other stages"
+                    + (f" (its own time: {', '.join(background)})." if background else ".")]
 
 
 def _native_equal(eq: list[dict]) -> list[str]:

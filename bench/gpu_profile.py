@@ -66,7 +66,8 @@ def profile_table(ref: dict, work: dict, limits: dict) -> list[dict]:
         {"stage": "LLM prefill", "work": f"{si(llm['total'], 'FLOP')} over {llm['tokens']:,} tokens "
                                          f"({llm['attention'] / max(1, llm['total']):.0%} attention)",
          "limit_s": llm["total"] / tf, "measured_s": st["llm_prefill"]},
-        {"stage": "offload to host (+ quantize)", "work": f"{si(work['offload_bytes'], 'B')} device->host",
+        {"stage": "waiting for the offload thread (quantize + copy to host)",
+         "work": f"{si(work['offload_bytes'], 'B')} device->host",
          "limit_s": work["offload_bytes"] / (d2h * 1e9) if d2h else None, "measured_s": st["offload"]},
         {"stage": "other (Python, context assembly, summaries)", "work": "", "limit_s": None,
          "measured_s": st["other"]},

@@ -15,8 +15,10 @@ class StageTimer:
     Inside the block: the adapter's ``encode`` (frames -> visual tokens: preprocessing + vision
     tower), the vision tower's forward (hooks), the language model's forward (hooks; every ingest
     prefill, including the prompt prefix) and ``StoredKV.pack`` (offload to host, quantizing first
-    at 8/4 bits) are timed, each between device synchronisations so that asynchronous GPU work is
-    charged to the stage that queued it. Restored on exit.
+    at 8/4 bits) are timed, the first three between device synchronisations so that asynchronous GPU
+    work is charged to the stage that queued it. ``pack`` runs in the ingest's offload thread, in
+    parallel with the others: its time is the thread's own, not part of the ingest's critical path.
+    Restored on exit.
 
     ``seconds``: ``encode``, ``vision``, ``llm``, ``offload``; ``bytes``: ``frames`` (uint8 frames
     handed to ``encode``), ``offload`` (bytes stored on the host); ``vision_calls``: Qwen
@@ -80,7 +82,8 @@ class StageTimer:
         pack = self._pack.__func__
 
         def timed_pack(x, bits=16, group_size=32):
-            cuda_sync()
+            # Called in the ingest's offload thread, on its own stream; it returns with the copy done
+            # (pageable host memory), so no device sync: one would wait for the main thread's work.
             t0 = time.perf_counter()
             out = pack(x, bits, group_size)
             self.seconds["offload"] += time.perf_counter() - t0

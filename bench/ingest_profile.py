@@ -161,6 +161,7 @@ def main(argv=None) -> None:
         wall, prof = profiled(lambda: ingest.add_chunk(tokens, layout, float(n)), args.repeats, device)
         report_stage(out, f"prefill + offload ({len(tokens)} visual tokens, window of {MemoryConfig.window_chunks})",
                      wall, prof, args.repeats, n, args.top, device)
+        ingest.close()
         del ingest, tokens
         if device == "cuda":
             torch.cuda.empty_cache()

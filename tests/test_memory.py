@@ -6,7 +6,7 @@ import torch
 from transformers import DynamicCache
 
 from vidqa.config import MemoryConfig
-from vidqa.memory import recall
+from vidqa.memory import StreamingIngest, recall
 from vidqa.memory.compress import compress_layer
 from vidqa.memory.retrieve import select_blocks
 
@@ -246,3 +246,45 @@ def test_pyramid_pruning_keeps_fewer_entries_in_deeper_layers(qwen_adapter):
     assert torch.isfinite(logits).all()
     with pytest.raises(Exception):
         MemoryConfig(layer_keep="8:2")
+
+
+def test_offload_thread_fills_every_block_and_bounds_its_queue(qwen_adapter, monkeypatch):
+    """Blocks are stored by the background offload thread; at most OFFLOAD_QUEUE chunks wait for it,
+    and finish() returns only when every block is on the host."""
+    import threading
+
+    from vidqa.memory import ingest as ingest_mod
+    from vidqa.memory.storage import StoredKV
+
+    pack, threads, gate = StoredKV.pack, set(), threading.Event()
+
+    def slow_pack(x, bits=16, group_size=32):
+        threads.add(threading.current_thread().name)
+        gate.wait(5)  # held back until the main thread has queued more chunks than the queue allows
+        return pack(x, bits, group_size)
+
+    monkeypatch.setattr(StoredKV, "pack", staticmethod(slow_pack))
+    chunks = random_chunks(qwen_adapter, ingest_mod.OFFLOAD_QUEUE + 3)
+    ing = StreamingIngest(qwen_adapter, MemoryConfig(window_chunks=1))
+    for i, (tokens, layout, t_end) in enumerate(chunks):
+        if i == ingest_mod.OFFLOAD_QUEUE:
+            assert len(ing._pending) == ingest_mod.OFFLOAD_QUEUE and ing.blocks[0].keys is None
+            gate.set()  # from here on the queue must drain as the ingest goes
+        ing.add_chunk(tokens, layout, t_end)
+        assert len(ing._pending) <= ingest_mod.OFFLOAD_QUEUE
+    memory = ing.finish(model="m", video={}, config_key="k", stats={})
+    assert all(b.keys is not None and b.values is not None for b in memory.blocks)
+    assert threads == {n for n in threads if n.startswith("vidqa-offload")} and threads
+    assert memory.stats["offload_wait_s"] > 0
+
+
+def test_an_offload_error_reaches_the_caller(qwen_adapter, monkeypatch):
+    from vidqa.memory.storage import StoredKV
+
+    def broken(x, bits=16, group_size=32):
+        raise RuntimeError("host memory exhausted")
+
+    monkeypatch.setattr(StoredKV, "pack", staticmethod(broken))
+    chunks = random_chunks(qwen_adapter, 2)
+    with pytest.raises(RuntimeError, match="host memory exhausted"):
+        ingest(qwen_adapter, chunks, MemoryConfig())

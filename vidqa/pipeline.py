@@ -197,15 +197,18 @@ class VideoQA:
 
         done = 0
         t_mark = time.perf_counter()
-        for chunk in iter_chunks(path, fps=vc.fps, num_frames=vc.num_frames, max_frames=vc.max_frames,
-                                 chunk_frames=vc.chunk_frames, max_pixels=vc.max_pixels,
-                                 decoder=vc.decoder, info=info):
-            timings["decode"] += time.perf_counter() - t_mark
-            stream = process(chunk.frames, chunk.times, int(chunk.indices[0]), stream)
-            t_mark = time.perf_counter()
-            done += len(chunk.times)
-            if progress is not None:
-                progress(done, total, {**counts, "elapsed": t_mark - t_start})
+        try:
+            for chunk in iter_chunks(path, fps=vc.fps, num_frames=vc.num_frames, max_frames=vc.max_frames,
+                                     chunk_frames=vc.chunk_frames, max_pixels=vc.max_pixels,
+                                     decoder=vc.decoder, info=info):
+                timings["decode"] += time.perf_counter() - t_mark
+                stream = process(chunk.frames, chunk.times, int(chunk.indices[0]), stream)
+                t_mark = time.perf_counter()
+                done += len(chunk.times)
+                if progress is not None:
+                    progress(done, total, {**counts, "elapsed": t_mark - t_start})
+        finally:
+            ingest.close()  # the last blocks reach the host (or the thread's error is raised) here
         tokens_in, tokens_kept = counts["tokens_in"], counts["tokens_kept"]
         if not ingest.blocks:
             raise VideoError(f"{path}: no frames could be decoded")
