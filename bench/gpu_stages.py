@@ -81,11 +81,11 @@ class StageTimer:
         self._stored, self._pack = StoredKV, StoredKV.__dict__["pack"]
         pack = self._pack.__func__
 
-        def timed_pack(x, bits=16, group_size=32):
+        def timed_pack(x, bits=16, group_size=32, **kwargs):
             # Called in the ingest's offload thread, on its own stream; it returns with the copy done
             # (pageable host memory), so no device sync: one would wait for the main thread's work.
             t0 = time.perf_counter()
-            out = pack(x, bits, group_size)
+            out = pack(x, bits, group_size, **kwargs)
             self.seconds["offload"] += time.perf_counter() - t0
             self.bytes["offload"] += out.nbytes
             return out

@@ -16,8 +16,10 @@ entries whatever the video's length; host memory grows linearly (one block per c
 Offload runs in one background thread (on its own CUDA stream when there is one): quantizing a
 chunk's KV and copying it to the host overlaps the next chunks' vision tower and prefill instead
 of stalling them. Writing fresh host pages is the slow part of that copy (an hour of 7B KV took
-~9 s on the lent H200, at ~1.5 GB/s); the GPU never waits for it unless ``OFFLOAD_QUEUE`` chunks
-are still pending. ``finish`` waits for the last ones and re-raises any error of the thread.
+~9 s on the lent H200, at ~1.5 GB/s); the copy goes through one reused pinned buffer
+(:class:`~vidqa.memory.storage.HostStaging`) so that it does not hold the driver's pageable-copy
+path the main thread needs for the frames. The GPU never waits for it unless ``OFFLOAD_QUEUE``
+chunks are still pending. ``finish`` waits for the last ones and re-raises any error of the thread.
 
 With ``window_chunks`` >= the number of chunks and no recurrent memory, every chunk sees the full
 history and ingest is exactly a one-shot prefill of the same sequence (tested).
@@ -35,7 +37,7 @@ from transformers import DynamicCache
 from vidqa.config import MemoryConfig
 from vidqa.memory.blocks import GridRecord, KVBlock, VideoMemory
 from vidqa.memory.cache import cache_from, cache_length, cache_tail
-from vidqa.memory.storage import StoredKV
+from vidqa.memory.storage import HostStaging, StoredKV
 from vidqa.tokens import VisualTokens
 from vidqa.vlm.base import ChunkLayout, VLMAdapter
 
@@ -66,6 +68,7 @@ class StreamingIngest:
         self._offloader = ThreadPoolExecutor(1, thread_name_prefix="vidqa-offload")
         self._pending: deque[Future] = deque()
         self._stream = torch.cuda.Stream(adapter.device) if adapter.device.type == "cuda" else None
+        self._staging = HostStaging() if self._stream is not None else None
         self.offload_wait_s = 0.0
 
     def _context(self):
@@ -145,8 +148,9 @@ class StreamingIngest:
             # them: the allocator must not hand their memory out before this stream is done.
             keys.record_stream(self._stream)
             values.record_stream(self._stream)
-            block.keys, block.values = StoredKV.pack(keys, bits, group), StoredKV.pack(values, bits, group)
-            self._stream.synchronize()  # a pageable copy is complete on return; the quantize scratch too
+            block.keys = StoredKV.pack(keys, bits, group, to_host=self._staging)
+            block.values = StoredKV.pack(values, bits, group, to_host=self._staging)
+            self._stream.synchronize()  # nothing of this stream is pending when the references drop
 
     def _wait_oldest(self) -> None:
         t0 = time.perf_counter()

@@ -149,3 +149,15 @@ def test_vision_speed_ups_keep_the_7b_tower_output_in_bf16():
     with torch.no_grad():
         ref, got = tower(pixels, grid_thw=grid).pooler_output, fast(pixels, grid_thw=grid).pooler_output
     torch.testing.assert_close(got.float(), ref.float(), atol=5e-2, rtol=5e-2)
+
+
+def test_host_staging_gives_equal_pageable_copies():
+    from vidqa.memory.storage import HostStaging
+
+    stage = HostStaging()
+    for shape, dtype in [((28, 4, 2016, 128), torch.int8), ((28, 4, 2016, 4), torch.float16), ((3, 5), torch.bfloat16)]:
+        x = (torch.randn(shape, device="cuda") * 50).to(dtype)
+        host = stage(x)
+        assert host.device.type == "cpu" and not host.is_pinned()
+        assert torch.equal(host, x.cpu())
+    assert stage.buffer.is_pinned() and stage.buffer.numel() == 28 * 4 * 2016 * 128  # grown once, reused

@@ -258,10 +258,10 @@ def test_offload_thread_fills_every_block_and_bounds_its_queue(qwen_adapter, mon
 
     pack, threads, gate = StoredKV.pack, set(), threading.Event()
 
-    def slow_pack(x, bits=16, group_size=32):
+    def slow_pack(x, bits=16, group_size=32, **kwargs):
         threads.add(threading.current_thread().name)
         gate.wait(5)  # held back until the main thread has queued more chunks than the queue allows
-        return pack(x, bits, group_size)
+        return pack(x, bits, group_size, **kwargs)
 
     monkeypatch.setattr(StoredKV, "pack", staticmethod(slow_pack))
     chunks = random_chunks(qwen_adapter, ingest_mod.OFFLOAD_QUEUE + 3)
@@ -281,7 +281,7 @@ def test_offload_thread_fills_every_block_and_bounds_its_queue(qwen_adapter, mon
 def test_an_offload_error_reaches_the_caller(qwen_adapter, monkeypatch):
     from vidqa.memory.storage import StoredKV
 
-    def broken(x, bits=16, group_size=32):
+    def broken(x, bits=16, group_size=32, **kwargs):
         raise RuntimeError("host memory exhausted")
 
     monkeypatch.setattr(StoredKV, "pack", staticmethod(broken))
