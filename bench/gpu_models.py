@@ -145,7 +145,8 @@ class StockVision:
             self.visual.config.intermediate_size = self.width
         pe = self.visual.patch_embed
         self.pe_forward = pe.__dict__.pop("forward", None)
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         return self
 
     def __exit__(self, *exc):
@@ -160,4 +161,5 @@ class StockVision:
             self.visual.config.intermediate_size = self.fast_width
         if self.pe_forward is not None:
             self.visual.patch_embed.forward = self.pe_forward
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

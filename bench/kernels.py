@@ -51,46 +51,35 @@ HQ, HKV, D, BLOCK = 28, 4, 128, 256
 PROFILE_TOKENS = (65536, 1048576)
 
 
-def timed(fn, repeats: int = 20, warmup: int = 3) -> float:
-    """Median seconds of ``fn()``."""
+def timed(fn, repeats: int = 20, warmup: int = 3, calls: int = 1) -> float:
+    """Median seconds per call of ``fn()``, over ``repeats`` runs of ``calls`` calls enqueued back to
+    back (``calls=1``: one call alone, its host launch included when the host is the slower side)."""
     for _ in range(warmup):
         fn()
-    if torch.cuda.is_available():
+    cuda = torch.cuda.is_available()
+    if cuda:
         torch.cuda.synchronize()
-        times = []
-        for _ in range(repeats):
+    times = []
+    for _ in range(repeats):
+        if cuda:
             a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             a.record()
-            fn()
-            b.record()
-            torch.cuda.synchronize()
-            times.append(a.elapsed_time(b) / 1000)
-        return statistics.median(times)
-    times = []
-    for _ in range(repeats):
         t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
-def pipelined(fn, calls: int = 50, repeats: int = 5) -> float:
-    """Seconds per call of ``calls`` calls enqueued back to back (median over ``repeats``): what a loop
-    over layers sees without a graph, the host's launch time hidden wherever the GPU is the slower side."""
-    if not torch.cuda.is_available():
-        return float("nan")
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
         for _ in range(calls):
             fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) / 1000 / calls)
+        if cuda:
+            b.record()
+            torch.cuda.synchronize()
+            times.append(a.elapsed_time(b) / 1000 / calls)
+        else:
+            times.append((time.perf_counter() - t) / calls)
     return statistics.median(times)
+
+
+def pipelined(fn) -> float:
+    """Seconds per call of 50 calls enqueued back to back: what a loop over layers sees without a
+    graph, the host's launch time hidden wherever the GPU is the slower side (NaN without CUDA)."""
+    return timed(fn, repeats=5, warmup=1, calls=50) if torch.cuda.is_available() else float("nan")
 
 
 def graph_timed(fn, replays: int = 20, repeats: int = 5) -> float:

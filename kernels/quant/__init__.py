@@ -26,8 +26,8 @@ class QuantizedKV:
     shape: tuple
     dtype: torch.dtype
 
-    def to(self, device, non_blocking: bool = True) -> "QuantizedKV":
-        move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
+    def to(self, device) -> "QuantizedKV":
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return QuantizedKV(move(self.data), move(self.scale), move(self.zero), self.bits, self.group_size,
                            self.shape, self.dtype)
 
