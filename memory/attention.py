@@ -41,15 +41,13 @@ def bottom_right_sdpa(module, query, key, value, attention_mask=None, scaling=No
     q_len, k_len = query.shape[-2], key.shape[-2]
     groups = query.shape[1] // key.shape[1]
     if q_len == 1 or q_len == k_len:  # everything, or plain (square) causal: no mask object needed
-        with sdpa_kernel(_BACKENDS):
-            out = torch.nn.functional.scaled_dot_product_attention(
-                query, key, value, is_causal=q_len > 1, scale=scaling, enable_gqa=groups > 1)
+        mask = dict(is_causal=q_len > 1, enable_gqa=groups > 1)
     else:
         if groups > 1:  # the lower-right bias dispatches to kernels without a GQA switch
             key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
-        with sdpa_kernel(_BACKENDS):
-            out = torch.nn.functional.scaled_dot_product_attention(
-                query, key, value, attn_mask=causal_lower_right(q_len, k_len), scale=scaling)
+        mask = dict(attn_mask=causal_lower_right(q_len, k_len))
+    with sdpa_kernel(_BACKENDS):
+        out = torch.nn.functional.scaled_dot_product_attention(query, key, value, scale=scaling, **mask)
     return out.transpose(1, 2).contiguous(), None
 
 

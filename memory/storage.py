@@ -74,9 +74,7 @@ class StoredKV:
             return StoredKV(to_host(x.detach()), 16, x.dtype)
         # Heads narrower than the group (tiny models) use one group per token and head.
         group = math.gcd(group_size, x.shape[-1])
-        q = _quant().quantize_kv(x.detach(), bits=bits, group_size=group)
-        q = _quant().QuantizedKV(to_host(q.data), to_host(q.scale), None if q.zero is None else to_host(q.zero),
-                                 q.bits, q.group_size, q.shape, q.dtype)
+        q = _quant().quantize_kv(x.detach(), bits=bits, group_size=group).map(to_host)
         return StoredKV(q, bits, x.dtype)
 
     def unpack(self, device, dtype: torch.dtype | None = None) -> torch.Tensor:

@@ -35,10 +35,10 @@ def _segment_plan(cu_seq_lens_q, n_tokens: int, device):
     with the token indices of the segments of each length. One host sync per boundary tensor: the
     tower passes the same two tensors (window and full-attention boundaries) to all of its blocks,
     so inside :func:`packed_vision_attention` a plan is built once per tensor and forward, not per block."""
-    key = id(cu_seq_lens_q) if cu_seq_lens_q is not None else None
-    cached = _plans.get(key) if _plans is not None and key is not None else None
-    if cached is not None and cached[0] is cu_seq_lens_q:
-        return cached[1]
+    cache = _plans if cu_seq_lens_q is not None else None
+    hit = cache.get(id(cu_seq_lens_q)) if cache is not None else None
+    if hit is not None and hit[0] is cu_seq_lens_q:
+        return hit[1]
     cu = [0, n_tokens] if cu_seq_lens_q is None else [int(x) for x in cu_seq_lens_q.tolist()]
     starts = torch.tensor(cu[:-1])
     lengths = torch.tensor(cu[1:]) - starts
@@ -47,8 +47,8 @@ def _segment_plan(cu_seq_lens_q, n_tokens: int, device):
     else:
         plan = ("groups", [(length, (starts[lengths == length][:, None] + torch.arange(length)).to(device))
                            for length in torch.unique(lengths).tolist() if length > 0])
-    if _plans is not None and key is not None:
-        _plans[key] = (cu_seq_lens_q, plan)  # the tensor is kept so that its id cannot be reused
+    if cache is not None:
+        cache[id(cu_seq_lens_q)] = (cu_seq_lens_q, plan)  # the tensor is kept so that its id cannot be reused
     return plan
 
 

@@ -15,8 +15,8 @@ call), and neither changes what the tower computes:
   convolution took 2.0 ms per call against 0.1 ms for that product. :func:`patch_embed_as_matmul`
   makes the module compute the product (same weights, same parameter).
 
-:func:`speed_up_vision` applies both once per tower (idempotent); the Qwen adapter calls it for a
-tower on a GPU.
+:func:`speed_up_vision` applies both once per tower (idempotent); the Qwen adapter calls it at its
+first ``encode``, with the MLP padding only for a tower on a GPU (on a CPU it only costs FLOPs).
 """
 
 from __future__ import annotations

@@ -29,14 +29,14 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _scales(s_ptr, sbase, offs_n, valid, NG: tl.constexpr, W: tl.constexpr):
+def _scales(s_ptr, sbase, offs_n, valid, NG: tl.constexpr, W: tl.constexpr, DT: tl.constexpr = tl.float32):
     """The ``[BN, NG]`` group scales (or zero points) of a tile, expanded to ``[BN, W]`` (``W / NG``
     adjacent columns per group). A token's ``NG`` scales are adjacent and tokens follow each other
     (the row stride is the constexpr ``NG``), so the load is vectorised and the pipeliner can issue it
     asynchronously ahead of use like the data; a runtime stride would make it a scalar load waited on in
     every iteration."""
     s = tl.load(s_ptr + sbase + offs_n[:, None] * NG + tl.arange(0, NG)[None, :], mask=valid[:, None],
-                other=0.0).to(tl.float32)
+                other=0.0).to(DT)
     return tl.reshape(tl.broadcast_to(s[:, :, None], (s.shape[0], NG, W // NG)), (s.shape[0], W))
 
 
@@ -50,10 +50,7 @@ def _load_int8_f16(ptr, s_ptr, base, sbase, offs_n, valid, stride_t, D: tl.const
     d = tl.arange(0, D)
     x = tl.load(ptr + base + offs_n[:, None] * stride_t + d[None, :], mask=valid[:, None], other=0)
     h = (x.to(tl.int16) + 25728).to(tl.float16, bitcast=True) - 1152.0
-    s = tl.load(s_ptr + sbase + offs_n[:, None] * (D // G) + tl.arange(0, D // G)[None, :], mask=valid[:, None],
-                other=0.0)
-    s = tl.reshape(tl.broadcast_to(s[:, :, None], (s.shape[0], D // G, G)), (s.shape[0], D))
-    return h * s
+    return h * _scales(s_ptr, sbase, offs_n, valid, D // G, D, tl.float16)
 
 
 @triton.jit

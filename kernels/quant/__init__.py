@@ -26,10 +26,13 @@ class QuantizedKV:
     shape: tuple
     dtype: torch.dtype
 
+    def map(self, fn) -> "QuantizedKV":
+        """The same quantized tensor with ``fn`` applied to each of its stored tensors (data, scale, zero)."""
+        return QuantizedKV(fn(self.data), fn(self.scale), None if self.zero is None else fn(self.zero), self.bits,
+                           self.group_size, self.shape, self.dtype)
+
     def to(self, device) -> "QuantizedKV":
-        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        return QuantizedKV(move(self.data), move(self.scale), move(self.zero), self.bits, self.group_size,
-                           self.shape, self.dtype)
+        return self.map(lambda t: t.to(device, non_blocking=True))
 
     @property
     def nbytes(self) -> int:
