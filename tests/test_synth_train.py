@@ -23,16 +23,17 @@ def synth_adapter():
 def _small_batch(chunks=2, clips=2, seed=3):
     layout = dict(batch_layout(random.Random(seed)), chunks=chunks)
     items = [make_clip(100 + i, chunks, layout["offset"]) for i in range(clips)]
-    qa = [questions[:2] + questions[-1:] for _, _, questions in items]
-    return {"frames": torch.from_numpy(np.stack([f for f, _, _ in items])), "times": items[0][1], "qa": qa, **layout}
+    qa = [questions[:2] + questions[-1:] for _, _, questions, _ in items]
+    return {"frames": torch.from_numpy(np.stack([f for f, _, _, _ in items])), "times": items[0][1], "qa": qa,
+            "token_labels": torch.from_numpy(np.stack([lab for _, _, _, lab in items])), **layout}
 
 
 def test_clips_have_every_task_and_a_description():
     tasks = set()
     for seed in range(12):
-        frames, times, questions = make_clip(seed, 3, 600.0)
+        frames, times, questions, labels = make_clip(seed, 3, 600.0)
         assert frames.shape == (48, 126, 224, 3) and frames.dtype == np.uint8
-        assert times[0] == 600.0 and times[-1] == 647.0
+        assert times[0] == 600.0 and times[-1] == 647.0 and labels.shape == (24, 4, 8, 3)
         assert questions[-1].prompt == DESCRIBE and questions[-1].target.startswith("a ")
         for q in questions[:-1]:
             assert q.target.startswith(f"{q.letter}) ") and f"({q.letter}) {q.target[3:]}" in q.prompt
@@ -41,8 +42,8 @@ def test_clips_have_every_task_and_a_description():
 
 
 def test_grounding_options_move_with_the_offset():
-    _, _, near = make_clip(5, 2, 0.0)
-    _, _, far = make_clip(5, 2, 3600.0)
+    _, _, near, _ = make_clip(5, 2, 0.0)
+    _, _, far, _ = make_clip(5, 2, 3600.0)
     g0 = [q for q in near if q.task == "grounding"]
     g1 = [q for q in far if q.task == "grounding"]
     assert g0 and len(g0) == len(g1)
@@ -155,7 +156,7 @@ def test_batches_share_one_layout_and_keep_questions_bounded():
 
 
 def test_augmentation_is_mild_and_seeded():
-    frames, _, _ = make_clip(2, 1, 0.0)
+    frames, _, _, _ = make_clip(2, 1, 0.0)
     x = torch.from_numpy(frames[None, :4]).repeat(3, 1, 1, 1, 1)
     plain = to_model_frames(x)
     a = to_model_frames(x, augment=True, generator=torch.Generator().manual_seed(0))
@@ -186,7 +187,7 @@ def test_blur_uses_each_clips_own_kernel():
 def test_every_question_is_also_asked_open_and_hinted():
     from vidqa.synth.train_data import pick_questions
 
-    _, _, questions = make_clip(7, 3, 0.0)
+    _, _, questions, _ = make_clip(7, 3, 0.0)
     batch = pick_questions({"all_qa": [questions]}, random.Random(0))
     rows = batch["qa"][0]
     mc = [q for q in rows if q.kind == "mc"]
@@ -200,7 +201,7 @@ def test_every_question_is_also_asked_open_and_hinted():
 
 def test_letter_hits_reads_the_letter_at_the_answer(synth_adapter):
     a = synth_adapter
-    _, _, questions = make_clip(1, 1, 0.0)
+    _, _, questions, _ = make_clip(1, 1, 0.0)
     q = next(x for x in questions if x.kind == "mc")
     batch = {"qa": [[q, q.variant("hint")]], "question_gap": 0}
     ids, labels, _, _, rows = question_rows(a, batch, 0)

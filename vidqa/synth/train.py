@@ -15,7 +15,11 @@ support, rendered by CPU workers). On the device a step then
    video **once per clip**, keeping its KV cache;
 4. answers every question of the clip as a separate row over that cache (as ``VideoQA.ask`` answers
    each question over the same memory), with the loss on the answer tokens, averaged per row so a
-   long description weighs as much as one letter.
+   long description weighs as much as one letter;
+5. adds ``--token-loss`` times a per-visual-token loss: a linear probe (:class:`TokenProbe`) reads
+   each token's shape, colour and card word, labelled by the renderer
+   (:mod:`vidqa.synth.token_labels`). Answers alone taught colours but not shapes; the probe is
+   saved beside the checkpoint for resuming and is not part of the shipped model.
 
 ``--text-warmup-steps`` first trains the language model alone on hinted multiple-choice rows
 (:class:`~vidqa.synth.train_data.HintedRows`, no video): the letter lookup, which video runs of
@@ -43,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from vidqa.synth.questions import TASKS
+from vidqa.synth.token_labels import CLASSES, FIELDS, IGNORE
 from vidqa.synth.train_data import CHUNK, ClipBatches, pick_questions
 from vidqa.vlm.vision_attention import packed_vision_attention
 
@@ -172,8 +177,10 @@ def question_rows(adapter, batch: dict, start: int):
     return ids, labels, positions, torch.tensor(clip_of_row), tasks
 
 
-def batch_logits(adapter, batch: dict, device, augment: bool = False, generator=None):
-    """Logits ``[R, Lq, V]`` of the question rows of ``batch`` and their labels ``[R, Lq]`` and tasks."""
+def batch_logits(adapter, batch: dict, device, augment: bool = False, generator=None, return_visual: bool = False):
+    """Logits ``[R, Lq, V]`` of the question rows of ``batch`` and their labels ``[R, Lq]`` and tasks;
+    with ``return_visual`` also the clips' visual tokens ``[B, T/2 * 4 * 8, D]`` (grid, row, column
+    order, as :func:`~vidqa.synth.token_labels.token_labels` lays its labels out)."""
     model = adapter.model
     frames = to_model_frames(batch["frames"].to(device, non_blocking=True), augment, generator)
     b, n_frames = frames.shape[:2]
@@ -199,7 +206,10 @@ def batch_logits(adapter, batch: dict, device, augment: bool = False, generator=
         layer.keys, layer.values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
     hidden = lm(inputs_embeds=embed(q_ids.to(device)), position_ids=q_pos.to(device), past_key_values=cache,
                 use_cache=True).last_hidden_state
-    return model.lm_head(hidden).float(), labels.to(device), tasks
+    logits = model.lm_head(hidden).float()
+    if return_visual:
+        return logits, labels.to(device), tasks, vis.reshape(b, -1, vis.shape[-1])
+    return logits, labels.to(device), tasks
 
 
 def text_logits(adapter, rows: list, device):
@@ -248,6 +258,40 @@ def evaluate(adapter, device, batches: int, seed: int = 12345, workers: int = 0)
     acc["questions"] = sum(len(v) for v in hits.values())
     acc["hinted_letter_acc"] = round(100 * sum(hinted) / max(1, len(hinted)), 1)
     return acc
+
+
+PROBE_FILE = "token_probe.safetensors"
+
+
+class TokenProbe(torch.nn.Module):
+    """A linear read-out of each visual token's shape, colour and card word (the dense auxiliary
+    loss of :mod:`vidqa.synth.token_labels`); trained beside the model, never shipped with it."""
+
+    BACKGROUND_WEIGHT = 0.1  # most cells hold nothing: keep "nothing" from drowning the objects
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.heads = torch.nn.ModuleDict({f: torch.nn.Linear(width, n) for f, n in CLASSES.items()})
+
+    def forward(self, visual: torch.Tensor, labels: torch.Tensor, accuracy: bool = False) -> tuple[torch.Tensor, dict]:
+        """``visual`` ``[B, N, D]``, ``labels`` int64 ``[B, T/2, rows, cols, 3]`` with N = T/2*rows*cols
+        -> (mean cross-entropy over the fields, with ``accuracy`` the accuracy on the labelled
+        non-background cells per field: a host sync, so only on logging steps)."""
+        flat = labels.reshape(labels.shape[0], -1, len(FIELDS))
+        losses, acc = [], {}
+        for i, field in enumerate(FIELDS):
+            head = self.heads[field]
+            target = flat[..., i].reshape(-1)
+            logits = head(visual.reshape(-1, visual.shape[-1]).to(head.weight.dtype)).float()
+            weight = torch.ones(head.out_features, device=logits.device)
+            weight[0] = self.BACKGROUND_WEIGHT
+            losses.append(F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE))
+            if not accuracy:
+                continue
+            with torch.no_grad():
+                on = target > 0
+                acc[f"{field}_acc"] = round(float((logits[on].argmax(-1) == target[on]).float().mean()), 3) if on.any() else None
+        return torch.stack(losses).mean(), acc
 
 
 def save_weights(model, path: Path) -> None:
@@ -323,6 +367,8 @@ def main(argv=None) -> int:
     ap.add_argument("--questions-per-clip", type=int, default=3,
                     help="multiple-choice questions drawn per clip and step (each also asked open and hinted)")
     ap.add_argument("--reuse", type=int, default=1, help="steps per rendered batch (new questions each time)")
+    ap.add_argument("--token-loss", type=float, default=0.5,
+                    help="weight of the per-visual-token shape/colour/word probe loss (0: answers only)")
     args = ap.parse_args(argv)
     random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -338,7 +384,13 @@ def main(argv=None) -> int:
     model.to(device).train()
     adapter = Qwen2_5_VLAdapter(model, processor, "synth-tiny")
     model.train()  # the adapter puts the model in eval mode
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05, betas=(0.9, 0.98))
+    probe = TokenProbe(model.config.vision_config.out_hidden_size).to(device)
+    if args.resume and (Path(args.resume) / PROBE_FILE).exists():
+        from safetensors.torch import load_file
+
+        probe.load_state_dict(load_file(str(Path(args.resume) / PROBE_FILE)))
+    params = list(model.parameters()) + (list(probe.parameters()) if args.token_loss > 0 else [])
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.05, betas=(0.9, 0.98))
     loader = torch.utils.data.DataLoader(
         ClipBatches(args.seed + (7 if args.resume else 0), frames_per_batch=args.frames_per_batch,
                     questions_per_clip=args.questions_per_clip),
@@ -374,8 +426,12 @@ def main(argv=None) -> int:
         for g in opt.param_groups:
             g["lr"] = lr
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
-            logits, labels, tasks = batch_logits(adapter, batch, device, augment=True, generator=generator)
-        loss = row_loss(logits, labels)
+            logits, labels, tasks, visual = batch_logits(adapter, batch, device, augment=True, generator=generator,
+                                                         return_visual=True)
+            answer_loss = row_loss(logits, labels)
+            token_loss, token_acc = probe(visual, batch["token_labels"].to(device, non_blocking=True),
+                                           accuracy=(step + 1) % args.log_every == 0)
+        loss = answer_loss + args.token_loss * token_loss if args.token_loss > 0 else answer_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -388,7 +444,8 @@ def main(argv=None) -> int:
             hits = letter_hits(logits.detach(), labels, tasks, adapter)
             mc = [ok for kind, _, ok in hits if kind == "mc"]
             hint = [ok for kind, _, ok in hits if kind == "hint"]
-            row = {"step": step, "of": total if total < 10**9 else None, "loss": round(float(loss.detach()), 4),
+            row = {"step": step, "of": total if total < 10**9 else None, "loss": round(float(answer_loss.detach()), 4),
+                   "token_loss": round(float(token_loss.detach()), 4), **token_acc,
                    "mc_letter_acc": round(sum(mc) / max(1, len(mc)), 3),
                    "hinted_letter_acc": round(sum(hint) / max(1, len(hint)), 3), "lr": round(lr, 6),
                    "skipped_steps": skipped, "elapsed_s": round(time.time() - t_start, 1),
@@ -398,17 +455,19 @@ def main(argv=None) -> int:
             log.flush()
         if time.time() - last_ckpt > CHECKPOINT_EVERY_S:
             save_weights(model, out / "model.safetensors")
+            save_weights(probe, out / PROBE_FILE)
             last_ckpt = time.time()
         if step >= total or time.time() > deadline:
             break
     train_s = time.time() - t_start
     save_weights(model, out / "model.safetensors")
+    save_weights(probe, out / PROBE_FILE)
     acc = evaluate(adapter, device, args.eval_batches, workers=min(args.workers, args.eval_batches))
     info = {"steps": step, "schedule_steps": total if total < 10**9 else step,
             "text_warmup_steps": args.text_warmup_steps, "text_warmup_done": warm_done,
             "train_seconds": round(train_s, 1), "seed": args.seed,
             "resumed_from": args.resume, "lr": args.lr, "skipped_steps": skipped, "frames_per_batch": args.frames_per_batch,
-            "questions_per_clip": args.questions_per_clip, "reuse": args.reuse,
+            "questions_per_clip": args.questions_per_clip, "reuse": args.reuse, "token_loss": args.token_loss,
             "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "heldout_accuracy": acc}
     print(json.dumps(info), flush=True)
     log.write(json.dumps(info) + "\n")

@@ -37,6 +37,7 @@ from vidqa.synth.describe import describe
 from vidqa.synth.questions import clock, make_questions
 from vidqa.synth.render import render_frame
 from vidqa.synth.timeline import make_timeline
+from vidqa.synth.token_labels import token_labels
 
 RENDER_WIDTH, RENDER_HEIGHT = 224, 126
 CHUNK = 16  # frames per chunk, as vidqa ingests (VideoConfig.chunk_frames)
@@ -46,6 +47,7 @@ QUESTIONS_PER_CLIP = 3  # multiple-choice questions drawn per clip and step (eac
 HINT = "The answer is {}."
 HELD_OUT_SEED_BASE = 10_000_000
 DESCRIBE = "Describe the video."
+TOKEN_GRID = (4, 8)  # merged cells (rows, columns) of the model's 224x112 frames: 28-pixel cells
 DENSE = dict(object_every=5.0, card_every=9.0, scene_every=14.0)
 
 
@@ -95,12 +97,15 @@ def clip_questions(tl, seed: int, offset: float) -> list[QA]:
 
 
 def make_clip(seed: int, chunks: int, offset: float, dense: bool = True):
-    """(frames uint8 ``[T, 126, 224, 3]``, times ``[T]`` s, questions) of one clip of ``chunks`` chunks."""
+    """(frames uint8 ``[T, 126, 224, 3]``, times ``[T]`` s, questions, token labels int64
+    ``[T/2, 4, 8, 3]``) of one clip of ``chunks`` chunks; the labels are those of
+    :func:`~vidqa.synth.token_labels.token_labels` on the model's 4x8 merged cells."""
     duration = chunks * CHUNK
     tl = make_timeline(seed, duration, **(DENSE if dense else {}))
     frames = np.stack([render_frame(tl, float(t), RENDER_WIDTH, RENDER_HEIGHT) for t in range(duration)])
     times = np.arange(duration, dtype=np.float64) + offset
-    return frames, times, clip_questions(tl, seed, offset)
+    labels = token_labels(tl, np.arange(duration, dtype=np.float64), *TOKEN_GRID)
+    return frames, times, clip_questions(tl, seed, offset), labels
 
 
 def batch_layout(rng: random.Random, held_out: bool = False) -> dict:
@@ -134,7 +139,7 @@ def pick_questions(batch: dict, rng: random.Random, per_clip: int = QUESTIONS_PE
 
 class ClipBatches(torch.utils.data.IterableDataset):
     """Endless batches ``{"frames": uint8 [B, T, 126, 224, 3], "times": [T], "qa": [[QA]], "all_qa",
-    layout...}``: ``qa`` is one :func:`pick_questions` draw of ``all_qa``, every question of each clip.
+    "token_labels": int64 [B, T/2, 4, 8, 3], layout...}``: ``qa`` is one :func:`pick_questions` draw of ``all_qa``, every question of each clip.
 
     Each worker draws from its own generator (``seed``, worker id), so a run is reproducible for a
     given worker count.
@@ -154,8 +159,9 @@ class ClipBatches(torch.utils.data.IterableDataset):
             n = max(1, self.frames_per_batch // (layout["chunks"] * CHUNK))
             clips = [make_clip(base + rng.randrange(HELD_OUT_SEED_BASE), layout["chunks"], layout["offset"],
                                layout["dense"]) for _ in range(n)]
-            batch = {"frames": torch.from_numpy(np.stack([f for f, _, _ in clips])), "times": clips[0][1],
-                     "all_qa": [questions for _, _, questions in clips], **layout}
+            batch = {"frames": torch.from_numpy(np.stack([c[0] for c in clips])), "times": clips[0][1],
+                     "all_qa": [c[2] for c in clips], "token_labels": torch.from_numpy(np.stack([c[3] for c in clips])),
+                     **layout}
             yield pick_questions(batch, rng, self.questions_per_clip)
 
 
