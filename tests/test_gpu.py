@@ -62,6 +62,20 @@ def test_pipeline_on_cuda_with_quantized_memory(tmp_path):
     assert answer.tokens["visual_attended"] <= 200 and answer.text is not None
 
 
+def test_llava_encode_on_cuda_equals_cpu():
+    """LLaVA-OneVision frames preprocessed on the GPU give the CPU path's tokens (float32 tiny model)."""
+    import numpy as np
+
+    from vlm.tiny import tiny_llava_onevision
+    from vlm.llava_onevision import LlavaOnevisionAdapter
+
+    model, processor = tiny_llava_onevision()
+    frames = np.random.default_rng(4).integers(0, 256, (3, 90, 160, 3), dtype=np.uint8)
+    cpu = LlavaOnevisionAdapter(model, processor, "tiny").encode(frames, np.arange(3.0))
+    gpu = LlavaOnevisionAdapter(model.to("cuda"), processor, "tiny").encode(frames, np.arange(3.0))
+    torch.testing.assert_close(gpu.embeds.cpu(), cpu.embeds, atol=2e-2, rtol=2e-2)
+
+
 def test_question_aware_budget_on_cuda_is_met_exactly(tmp_path):
     """The ask-time budget with the Triton entry scores and int8 KV: exactly its entries come back."""
     from vidqa.config import MemoryConfig, VidqaConfig, VideoConfig

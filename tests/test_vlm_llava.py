@@ -70,6 +70,22 @@ def test_chunked_encoding_equals_whole_and_subset_positions(llava_adapter):
     assert torch.equal(adapter.visual_positions(whole.select(keep), layout, 10), full[:, keep])
 
 
+def test_frames_are_preprocessed_on_the_models_device(llava_adapter, monkeypatch):
+    """The video processor is asked to resize and normalise on the model's device (on a GPU the CPU
+    resize dominated ingest), and its output is what the tower gets."""
+    vp = llava_adapter.processor.video_processor
+    calls, original = [], type(vp).__call__
+
+    def spy(self, *args, **kwargs):
+        calls.append(kwargs.get("device"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(vp), "__call__", spy)
+    frames = _frames(2, seed=3)
+    tokens = llava_adapter.encode(frames, np.arange(2.0))
+    assert calls == [str(llava_adapter.device)] and len(tokens) == 2 * llava_adapter.tokens_per_frame
+
+
 def test_prompt_pieces_come_from_the_chat_template(llava_adapter):
     a = llava_adapter
     assert a.prompt_prefix() == "<|im_start|>user\n"
