@@ -10,7 +10,10 @@
   ``[T, H, W, 3]`` RGB, upright (display matrix: rotation and mirroring), square pixels, at most
   ``max_pixels`` pixels. Decoding runs in a thread at most three chunks ahead, so memory does not
   grow with the video's length, and a decoder that makes no progress for ``timeout_s`` raises
-  ``VideoError("... decoding stalled ...")`` instead of hanging.
+  ``VideoError("... decoding stalled ...")`` instead of hanging. Sparse sampling (targets at
+  least half a keyframe interval apart) is decoded by ``decode_workers`` PyAV decoders in parallel
+  threads (default ``min(4, CPU cores)``; 1 turns it off), with the same frames and times as one
+  decoder and at most ``8 * decode_workers + 4`` more frames held; dense sampling always uses one.
 * :func:`read_frames` is the same for short clips, as one chunk.
 
 Backends (``decoder=``): ``"pyav"`` (and ``"auto"``) seeks to the keyframe before a target only
@@ -76,11 +79,17 @@ def choose_decoder(info: VideoInfo, decoder: str = "auto"):
     return PyAVDecoder
 
 
-def _check_args(chunk_frames, timeout_s) -> None:
-    if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, (int, np.integer)) or chunk_frames < 1:
+def _positive_int(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= 1
+
+
+def _check_args(chunk_frames, timeout_s, decode_workers) -> None:
+    if not _positive_int(chunk_frames):
         raise ConfigError(f"chunk_frames must be a positive integer, got {chunk_frames!r}")
     if not isinstance(timeout_s, (int, float)) or not math.isfinite(timeout_s) or timeout_s <= 0:
         raise ConfigError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+    if decode_workers is not None and not _positive_int(decode_workers):
+        raise ConfigError(f"decode_workers must be a positive integer or None, got {decode_workers!r}")
 
 
 def _explicit_targets(times, info: VideoInfo) -> np.ndarray:
@@ -94,15 +103,16 @@ def _explicit_targets(times, info: VideoInfo) -> np.ndarray:
 def iter_chunks(path, *, fps: float = 1.0, num_frames: int | None = None, max_frames: int | None = None,
                 chunk_frames: int = 16, max_pixels: int | None = None, decoder: str = "auto",
                 timeout_s: float = 60.0, info: VideoInfo | None = None,
-                times=None) -> Iterator[FrameChunk]:
+                times=None, decode_workers: int | None = None) -> Iterator[FrameChunk]:
     """Decodes the sampled frames of ``path`` in chunks of at most ``chunk_frames`` (see module doc).
 
     ``info`` skips probing again; ``times`` (seconds) replaces the sampling grid with explicit
-    targets (thumbnails, evidence frames), sorted. Raises :class:`ConfigError` for bad arguments,
+    targets (thumbnails, evidence frames), sorted. ``decode_workers``: PyAV decoders for sparse
+    sampling (None: ``min(4, CPU cores)``). Raises :class:`ConfigError` for bad arguments,
     :class:`VideoError` if the file is unusable, nothing decodes, or decoding stalls for
     ``timeout_s`` seconds.
     """
-    _check_args(chunk_frames, timeout_s)
+    _check_args(chunk_frames, timeout_s, decode_workers)
     check_max_pixels(max_pixels)
     if times is None:
         check_sampling(fps, num_frames, max_frames)
@@ -111,7 +121,7 @@ def iter_chunks(path, *, fps: float = 1.0, num_frames: int | None = None, max_fr
         targets = _explicit_targets(times, info)
     else:
         targets = sample_times(info, fps=fps, num_frames=num_frames, max_frames=max_frames)
-    backend = choose_decoder(info, decoder)(info, max_pixels)
+    backend = choose_decoder(info, decoder)(info, max_pixels, workers=decode_workers)
     emitted = 0
     for frames, frame_times, is_last in stream_chunks(lambda beat: backend.frames_at(targets, beat),
                                                       chunk_frames=int(chunk_frames), timeout_s=timeout_s,

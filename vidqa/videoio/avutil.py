@@ -49,6 +49,13 @@ class DecodeReport:
         self.stopped_early = False
         self.last_error = ""
 
+    def absorb(self, other: DecodeReport) -> None:
+        """Adds what another decoder of the same stream (a parallel worker) ran into."""
+        self.packets += other.packets
+        self.bad_packets += other.bad_packets
+        self.stopped_early = self.stopped_early or other.stopped_early
+        self.last_error = other.last_error or self.last_error
+
 
 def decode_tolerantly(container, stream, report: DecodeReport,
                       beat: Callable[[], None] = lambda: None) -> Iterator:

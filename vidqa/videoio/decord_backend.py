@@ -39,7 +39,8 @@ class DecordDecoder:
 
     name = "decord"
 
-    def __init__(self, info, max_pixels: int | None = None):
+    def __init__(self, info, max_pixels: int | None = None, workers: int | None = None):
+        # ``workers`` is PyAV's: decord reads frames by number with its own threads.
         self.decord = import_decord()
         self.info = info
         self.out_w, self.out_h = target_size(info.width, info.height, max_pixels)

@@ -18,19 +18,37 @@ frames' own presentation times, measured from the stream's start.
 Only what the caller asked for is converted to RGB (and resized, and turned upright), so decoding
 every frame of a 30 fps video to sample one per second costs the decode, not 30 conversions.
 
+Sparse targets are decoded by several decoders at once (``workers``, default
+:func:`default_workers`): when the mean gap between targets is at least half the index's mean
+keyframe interval (``SPARSE_GAP_KEY_INTERVALS``), the targets are cut into blocks of
+``BLOCK_TARGETS`` consecutive ones and worker threads, each with its own container and cursor,
+take the blocks in order (:func:`vidqa.videoio.parallel.ordered_map`); FFmpeg releases the GIL
+while demuxing, decoding and scaling. Each worker sees ascending targets, so its cursor behaves as
+the single one does, and the frame nearest a target does not depend on where decoding started: the
+frames and times are those one decoder returns. (Except the pixels of a frame that FFmpeg patches
+up from damaged data: they depend on its thread count, which differs between one decoder and
+several, as it does between machines.) At most ``AHEAD_PER_WORKER * workers`` blocks are decoded
+ahead of the consumer. Dense targets (read on, not sought) keep one decoder: splitting them would
+only add seeks.
+
 A file cut short: targets past the last decodable frame (beyond that frame's own duration plus a
 frame) are not served; ``truncated`` is set and the iteration ends. Damaged packets are skipped.
 """
 
 from __future__ import annotations
 
+import copy
+import math
+import os
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
 
 from vidqa.videoio.avutil import DecodeReport, av_module, decode_tolerantly, open_container
 from vidqa.videoio.orient import upright
+from vidqa.videoio.parallel import ordered_map
 from vidqa.videoio.sampling import target_size
 
 # A seek flushes the decoder (its frame threads lose their work): worth it when it skips this much.
@@ -39,6 +57,30 @@ SEEK_MIN_SKIP_S = 1.0
 SEEK_AHEAD_S = 4.0
 # Attempts at landing at or before a target, each seeking further back, before seeking to the start.
 SEEK_TRIES = 4
+# Parallel decoding: targets per block (a worker's unit of work; consecutive targets stay with one
+# cursor, so nearby ones are still read on) and blocks decoded ahead per worker (bounds memory).
+BLOCK_TARGETS = 4
+AHEAD_PER_WORKER = 2
+# Sparse: the mean gap between targets is at least this many mean keyframe intervals. A worker
+# starting a block decodes from the keyframe before its first target, half an interval on average,
+# where one decoder reading on would have decoded the gap before it: from half an interval on,
+# the workers together decode no more frames than one decoder does.
+SPARSE_GAP_KEY_INTERVALS = 0.5
+# Automatic worker count: beyond a few, the disk and the consumer are the limit, not decoding.
+MAX_AUTO_WORKERS = 4
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on (a container or ``taskset`` may allow fewer than the host has)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def default_workers() -> int:
+    """Decoders used for sparse reads when not told: ``min(MAX_AUTO_WORKERS, cores)``."""
+    return min(MAX_AUTO_WORKERS, cpu_cores())
 
 
 def output_size(info, max_pixels: int | None) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -62,8 +104,10 @@ class PyAVDecoder:
 
     name = "pyav"
 
-    def __init__(self, info, max_pixels: int | None = None):
+    def __init__(self, info, max_pixels: int | None = None, workers: int | None = None):
         self.info = info
+        self.workers = default_workers() if workers is None else int(workers)
+        self.codec_threads = 0  # FFmpeg's threads per decoder; 0: its own choice (all cores)
         self.path = Path(info.path)
         (self.out_w, self.out_h), (self.scale_w, self.scale_h) = output_size(info, max_pixels)
         self.frame_step = 1.0 / info.fps if info.fps else 1.0
@@ -83,23 +127,107 @@ class PyAVDecoder:
     def frames_at(self, targets: np.ndarray, beat: Callable[[], None] = lambda: None
                   ) -> Iterator[tuple[float, np.ndarray]]:
         """``(time s, frame)`` for each ascending target (s from the stream's start), in order."""
+        targets = np.asarray(targets, dtype=np.float64).reshape(-1)
         cursor = _Cursor(self, beat)
         try:
-            converted = (None, None)
-            for target in targets:
-                want = cursor.start + float(target)
-                if cursor.should_seek(want):
-                    cursor.seek(want)
-                best = cursor.nearest(want)
-                if best is None:
-                    self.truncated = True
-                    return
-                if converted[0] is not best:
-                    converted = (best, self.convert(best.frame))
-                yield best.time - cursor.start, converted[1]
-            self.truncated = self.truncated or self.report.stopped_early
+            workers = self._workers_for(cursor, targets)
+            if workers == 1:
+                ended = yield from self._serve(cursor, targets)
         finally:
-            cursor.close()
+            cursor.close()  # at once for a parallel read: each worker opens its own
+        if workers > 1:
+            ended = yield from self._frames_in_parallel(targets, beat, workers)
+        self.truncated = self.truncated or ended or self.report.stopped_early
+
+    def _serve(self, cursor: _Cursor, targets: np.ndarray) -> Iterator[tuple[float, np.ndarray]]:
+        """``(time, frame)`` per target from ``cursor``; returns True if the stream ended before one."""
+        converted = (None, None)
+        for target in targets:
+            want = cursor.start + float(target)
+            if cursor.should_seek(want):
+                cursor.seek(want)
+            best = cursor.nearest(want)
+            if best is None:
+                return True
+            if converted[0] is not best:  # targets nearest the same frame share one conversion
+                converted = (best, self.convert(best.frame))
+            yield best.time - cursor.start, converted[1]
+        return False
+
+    def _workers_for(self, cursor: _Cursor, targets: np.ndarray) -> int:
+        """How many decoders to use: several for sparse targets, one for dense ones.
+
+        Sparse: targets at least ``SPARSE_GAP_KEY_INTERVALS`` keyframe intervals apart on average.
+        Without an index of the whole stream the cursor's seeks depend on what it has decoded so far
+        (and a stream without timestamps cannot seek at all), so one decoder reads it, as before.
+        """
+        blocks = math.ceil(len(targets) / BLOCK_TARGETS)
+        if self.workers < 2 or blocks < 2:
+            return 1
+        interval = cursor.key_interval()
+        gap = (targets[-1] - targets[0]) / (len(targets) - 1)
+        if interval is None or gap < SPARSE_GAP_KEY_INTERVALS * interval:
+            return 1
+        return min(self.workers, blocks)
+
+    def _frames_in_parallel(self, targets: np.ndarray, beat: Callable[[], None], workers: int
+                            ) -> Iterator[tuple[float, np.ndarray]]:
+        """:meth:`_serve` with blocks of targets decoded on ``workers`` threads, yielded in order.
+
+        Each worker opens its own container and cursor, on a copy of this decoder whose counters
+        and damage report are added to this one's when the workers are done.
+        """
+        blocks = [targets[i:i + BLOCK_TARGETS] for i in range(0, len(targets), BLOCK_TARGETS)]
+        # The workers share the cores. After a seek FFmpeg's frame threads decode frames past the
+        # target that the next seek throws away: given all the cores each, the workers would spend
+        # them on that waste.
+        threads = max(1, cpu_cores() // workers)
+        forks: list[PyAVDecoder] = []
+
+        def open_cursor(k: int) -> _Cursor:
+            fork = self._fork(threads)
+            forks.append(fork)
+            return _Cursor(fork, beat)
+
+        def serve(worker_cursor: _Cursor, job: int, halted: Callable[[], bool]):
+            return _collect(worker_cursor.decoder._serve(worker_cursor, blocks[job]), halted)
+
+        ended = False
+        try:
+            with closing(ordered_map(len(blocks), serve, workers=workers, ahead=AHEAD_PER_WORKER * workers,
+                                     open_state=open_cursor, close_state=_Cursor.close,
+                                     name="vidqa-decode-worker")) as results:
+                for frames, ended in results:
+                    yield from frames
+                    if ended:
+                        break  # as one decoder does: nothing past the end of what decodes
+        finally:
+            for fork in forks:  # the workers are joined by now
+                self._absorb(fork)
+        return ended
+
+    def _fork(self, codec_threads: int) -> PyAVDecoder:
+        """A decoder for one worker: same file and output size, its own counters and report."""
+        fork = copy.copy(self)
+        fork.truncated, fork.report, fork.seeks, fork.decoded = False, DecodeReport(), 0, 0
+        fork.codec_threads = codec_threads
+        return fork
+
+    def _absorb(self, fork: PyAVDecoder) -> None:
+        self.seeks += fork.seeks
+        self.decoded += fork.decoded
+        self.report.absorb(fork.report)
+
+
+def _collect(frames: Iterator, halted: Callable[[], bool]) -> tuple[list, bool]:
+    """``(items, ended)`` from a :meth:`PyAVDecoder._serve` generator, or what it had when halted."""
+    items = []
+    while not halted():
+        try:
+            items.append(next(frames))
+        except StopIteration as stop:
+            return items, bool(stop.value)
+    return items, False
 
 
 class _Cursor:
@@ -193,6 +321,12 @@ class _Cursor:
         self.position = max(self.position, t)
         return _Decoded(t, frame, duration)
 
+    def key_interval(self) -> float | None:
+        """Mean keyframe interval (s) from the index; None without an index of the whole stream."""
+        if not self.can_seek or self.keys is None or not self._index_reaches_the_end():
+            return None
+        return float(self.keys[-1] - self.keys[0]) / (len(self.keys) - 1)
+
     def should_seek(self, want: float) -> bool:
         if not self.can_seek:
             return False
@@ -232,6 +366,7 @@ class _Cursor:
         try:
             self.stream = self.container.streams[self.decoder.info.stream_index]
             self.stream.thread_type = "AUTO"  # frame threads: the decoder is the bottleneck, not Python
+            self.stream.thread_count = self.decoder.codec_threads
         except BaseException:
             self.container.close()
             raise
