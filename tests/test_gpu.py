@@ -66,8 +66,8 @@ def test_llava_encode_on_cuda_equals_cpu():
     """LLaVA-OneVision frames preprocessed on the GPU give the CPU path's tokens (float32 tiny model)."""
     import numpy as np
 
-    from vlm.tiny import tiny_llava_onevision
-    from vlm.llava_onevision import LlavaOnevisionAdapter
+    from vidqa.vlm.tiny import tiny_llava_onevision
+    from vidqa.vlm.llava_onevision import LlavaOnevisionAdapter
 
     model, processor = tiny_llava_onevision()
     frames = np.random.default_rng(4).integers(0, 256, (3, 90, 160, 3), dtype=np.uint8)
