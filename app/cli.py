@@ -29,6 +29,8 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--chunk-frames", type=int, help="frames encoded and prefilled together (even; default 16)")
     g.add_argument("--max-pixels", type=int, help="pixels per frame before encoding (default: the model's)")
     g.add_argument("--decoder", choices=["auto", "pyav", "decord"], help="video decoder (default auto)")
+    g.add_argument("--decode-workers", type=int, help="decoders reading sparse samples in parallel "
+                                                      "(default: up to 4, one per core)")
     g.add_argument("--reducers", help="token reducer chain, e.g. 'temporal:keep_ratio=0.5,tome:keep_ratio=0.5'")
     g.add_argument("--token-budget", type=int, help="visual tokens given to the LLM per question (default 8192)")
     g.add_argument("--window-chunks", type=int, help="recent chunks each chunk attends to while ingesting (default 2)")
@@ -79,7 +81,7 @@ def _settings(args):
 
     flags = {k: getattr(args, k, None) for k in (
         "config", "model", "device", "fps", "num_frames", "max_frames", "chunk_frames", "max_pixels",
-        "decoder", "reducers", "token_budget", "window_chunks", "kv_bits", "compress_ratio",
+        "decoder", "decode_workers", "reducers", "token_budget", "window_chunks", "kv_bits", "compress_ratio",
         "positions", "layer_keep", "max_new_tokens", "cache_dir")}
     return resolve(flags)
 

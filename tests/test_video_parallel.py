@@ -284,3 +284,19 @@ def test_ordered_map_raises_in_place_and_closes_every_state():
             got.append(value)
     assert got == list(range(7)) and opened and sorted(closed) == sorted(opened)
     assert not any(t.name.startswith("vidqa-test-pool") for t in threading.enumerate())
+
+
+def test_decode_workers_setting_reaches_the_config_and_leaves_the_memory_key_alone():
+    """--decode-workers / VIDQA_DECODE_WORKERS set VideoConfig.decode_workers (validated there);
+    parallel decoders return the same frames, so a memory ingested with any count is reused."""
+    from vidqa.app.settings import resolve
+    from vidqa.config import VideoConfig, VidqaConfig
+    from vidqa.errors import ConfigError
+
+    assert resolve({"decode_workers": 3}, environ={}).config.video.decode_workers == 3
+    assert resolve({}, environ={"VIDQA_DECODE_WORKERS": "1"}).config.video.decode_workers == 1
+    assert resolve({}, environ={}).config.video.decode_workers is None
+    with pytest.raises(ConfigError, match="decode_workers"):
+        VideoConfig(decode_workers=0)
+    assert (VidqaConfig(video=VideoConfig(decode_workers=1)).ingest_key()
+            == VidqaConfig(video=VideoConfig(decode_workers=4)).ingest_key() == VidqaConfig().ingest_key())

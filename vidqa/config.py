@@ -29,6 +29,7 @@ class VideoConfig:
     chunk_frames: int = 16
     max_pixels: int | None = None  # None: the adapter's processor default
     decoder: str = "auto"
+    decode_workers: int | None = None  # decoders for sparse sampling; None: min(4, cores)
 
     def __post_init__(self):
         _check(self.fps > 0, f"fps must be positive, got {self.fps}")
@@ -39,6 +40,8 @@ class VideoConfig:
         _check(self.max_pixels is None or self.max_pixels >= 64, "max_pixels too small")
         _check(self.decoder in ("auto", "pyav", "decord"),
                f"decoder must be one of auto, pyav, decord; got {self.decoder!r}")
+        _check(self.decode_workers is None or (isinstance(self.decode_workers, int) and self.decode_workers >= 1),
+               f"decode_workers must be a positive integer, got {self.decode_workers!r}")
 
 
 @dataclass
@@ -140,7 +143,8 @@ class VidqaConfig:
             # only the reducers ingest runs: the question-aware budget is applied in ask
             "reducers": agnostic_spec(self.reducers),
         }
-        agnostic["video"].pop("decoder")  # every backend returns the same frames
+        agnostic["video"].pop("decoder")  # every backend returns the same frames,
+        agnostic["video"].pop("decode_workers")  # and so does any number of parallel decoders
         blob = json.dumps(agnostic, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

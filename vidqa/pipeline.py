@@ -200,7 +200,7 @@ class VideoQA:
         try:
             for chunk in iter_chunks(path, fps=vc.fps, num_frames=vc.num_frames, max_frames=vc.max_frames,
                                      chunk_frames=vc.chunk_frames, max_pixels=vc.max_pixels,
-                                     decoder=vc.decoder, info=info):
+                                     decoder=vc.decoder, decode_workers=vc.decode_workers, info=info):
                 timings["decode"] += time.perf_counter() - t_mark
                 stream = process(chunk.frames, chunk.times, int(chunk.indices[0]), stream)
                 t_mark = time.perf_counter()
