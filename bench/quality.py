@@ -16,8 +16,9 @@ model and the same visual-token budget per question:
 * ablations   -- one component changed at a time: no recurrent memory, no sliding window, 4-bit
   KV, LOOK-M compression to half, temporal token merging to half.
 
-Per variant: per-task accuracy and M-Avg (mean of task accuracies, as MLVU defines it), visual
-tokens attended per question (median), ingest seconds, per-question latency (median), peak RSS.
+Per variant: per-task accuracy and M-Avg (mean of task accuracies, as MLVU defines it), how often
+the findNeedle evidence reached the model and the accuracy with and without it (``quality_evidence``),
+visual tokens attended per question (median), ingest seconds, per-question latency (median), peak RSS.
 Writes ``<out>/quality.md`` and ``<out>/quality.json``.
 """
 
@@ -27,17 +28,24 @@ import argparse
 import json
 import resource
 import statistics
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from vidqa.app.evaluate import evaluate
-from vidqa.app.mlvu import load_mlvu
-from vidqa.config import MemoryConfig, VidqaConfig, VideoConfig
-from vidqa.pipeline import VideoQA
-from vidqa.synth.cli import generate
-from vidqa.synth.questions import TASKS
-from vidqa.synth.train_data import HELD_OUT_SEED_BASE
+# quality_evidence.py sits beside this file: on the path however the script is run (see bench/gpu.py).
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from quality_evidence import needle_in_view  # noqa: E402
+from vidqa.app.evaluate import evaluate  # noqa: E402
+from vidqa.app.mlvu import load_mlvu  # noqa: E402
+from vidqa.config import MemoryConfig, VidqaConfig, VideoConfig  # noqa: E402
+from vidqa.pipeline import VideoQA  # noqa: E402
+from vidqa.synth.cli import generate  # noqa: E402
+from vidqa.synth.questions import TASKS  # noqa: E402
+from vidqa.synth.world import Timeline  # noqa: E402
+from vidqa.synth.train_data import HELD_OUT_SEED_BASE  # noqa: E402
 
 EVERYTHING = 10**9  # a token budget that keeps every block
 HELD_OUT_TASKS = TASKS
@@ -77,10 +85,19 @@ class Recorder:
         return self.qa.ask(memory, question, options=options, max_new_tokens=max_new_tokens)
 
 
-def run_variant(name: str, config: VidqaConfig, questions, model: str, adapter, out: Path) -> dict:
+def sampled_times(config: VidqaConfig, video: str):
+    """The frame times ``[K]`` (s) the pipeline samples from ``video`` with ``config``."""
+    from vidqa.video import open_video, sample_times
+
+    vc = config.video
+    return sample_times(open_video(video), fps=vc.fps, num_frames=vc.num_frames, max_frames=vc.max_frames)
+
+
+def run_variant(name: str, config: VidqaConfig, questions, model: str, adapter, out: Path, timeline=None) -> dict:
     qa = Recorder(VideoQA(model=model, config=config, adapter=adapter))
     summary = evaluate(questions, qa, out, model=model, progress=False)
     rows = [json.loads(line) for line in (out / "samples_rank0.jsonl").read_text().splitlines() if line.strip()]
+    evidence = needle_in_view(rows, timeline, sampled_times(config, questions[0].video)) if timeline else {}
     attended = [r["tokens"].get("visual_attended", 0) for r in rows if r.get("tokens")]
     latency = [r["timings"]["total"] for r in rows if r.get("timings")]
     memory = qa.last_memory
@@ -91,7 +108,7 @@ def run_variant(name: str, config: VidqaConfig, questions, model: str, adapter, 
         "visual_stored": memory.num_visual_tokens, "frames": memory.video["frames"],
         "ingest_s": round(sum(qa.ingest_s), 2),
         "latency_median_s": round(statistics.median(latency), 4) if latency else None,
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), **evidence,
     }
 
 
@@ -103,17 +120,24 @@ def tokens_per_frame(adapter, video: str) -> float:
     return len(adapter.encode(clip.frames, clip.times)) / len(clip.times)
 
 
+def _pct(value) -> str:
+    return "-" if value is None else f"{value:.0f}%"
+
+
 def table(results: list[dict]) -> str:
     tasks = sorted({t for r in results for t in (r["tasks"] or {})})
     lines = ["Accuracy in % per task; replies no option could be read from count as wrong.", "",
-             "| video | variant | " + " | ".join(tasks) + " | M-Avg | unparsed | visual tokens attended | "
-             "ingest (s) | latency (s) | peak RSS (MiB) |", "| --- " * (len(tasks) + 9) + "|"]
+             "| video | variant | " + " | ".join(tasks) + " | M-Avg | unparsed | needle in view | "
+             "findNeedle in view / out of view | visual tokens attended | ingest (s) | latency (s) | peak RSS (MiB) |",
+             "| --- " * (len(tasks) + 11) + "|"]
     for r in results:
         acc = [f"{r['tasks'][t]:.0f}" if t in (r["tasks"] or {}) else "-" for t in tasks]
         m_avg = f"{r['m_avg']:.1f}" if r["m_avg"] is not None else "-"
+        view = (f"{_pct(r.get('needle_in_view'))} of {r['needle_questions']}" if r.get("needle_questions") else "-")
+        split = f"{_pct(r.get('needle_acc_in_view'))} / {_pct(r.get('needle_acc_out_of_view'))}"
         lines.append(f"| {r['minutes']:g} min | {r['variant']} | " + " | ".join(acc) +
-                     f" | {m_avg} | {r['unparsed']} | {r['visual_attended_median']:,} | {r['ingest_s']} | {r['latency_median_s']} | "
-                     f"{r['peak_rss_mib']} |")
+                     f" | {m_avg} | {r['unparsed']} | {view} | {split} | {r['visual_attended_median']:,} | {r['ingest_s']} | "
+                     f"{r['latency_median_s']} | {r['peak_rss_mib']} |")
     return "\n".join(lines)
 
 
@@ -137,12 +161,13 @@ def main(argv=None) -> int:
         if not (folder / "questions.json").exists():
             generate(folder, minutes * 60, args.seed, per_task=args.per_task)
         questions = load_mlvu(folder / "questions.json", video_root=folder)
+        timeline = Timeline.from_json((folder / "timeline.json").read_text())
         # uniform: the even number of frames whose tokens fill the budget
         frames_for_budget = max(2, int(args.token_budget / tokens_per_frame(adapter, questions[0].video)) // 2 * 2)
         for name, config in variants(args.token_budget, frames_for_budget).items():
             if args.variants and name not in args.variants:
                 continue
-            r = run_variant(name, config, questions, args.model, adapter, out / f"{minutes:g}min" / name)
+            r = run_variant(name, config, questions, args.model, adapter, out / f"{minutes:g}min" / name, timeline)
             r["minutes"] = minutes
             results.append(r)
             print(json.dumps(r), flush=True)

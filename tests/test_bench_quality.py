@@ -21,3 +21,30 @@ def test_variants_attend_what_they_claim(tmp_path):
     assert rows["uniform"]["visual_attended_median"] <= budget
     text = (tmp_path / "quality.md").read_text()
     assert "| 1 min | uniform |" in text and "M-Avg" in text
+
+
+def test_needle_in_view_counts_the_frames_the_model_saw():
+    """A needle is in view when a frame the variant sampled lies in both an answer span and the
+    needle's interval: a uniform variant's wide spans do not count the frames between its samples."""
+    import numpy as np
+
+    from vidqa.synth.world import Appearance, Timeline
+
+    evidence = load_bench("quality_evidence")
+    frames_seen, needle_in_view = evidence.frames_seen, evidence.needle_in_view
+
+    needle = Appearance("diamond", "red", "small", 100.0, 104.0, 0.1, 0.5, 0.9, 0.5)
+    circle = Appearance("circle", "blue", "small", 10.0, 14.0, 0.1, 0.5, 0.9, 0.5)
+    tl = Timeline(seed=0, duration=600.0, objects=[circle, needle])
+    ask = "What colour was the diamond that appeared in the video?"
+    rows = [{"task": "findNeedle", "question": ask, "spans": [[96.0, 112.0]], "correct": True},  # 1 fps: seen
+            {"task": "findNeedle", "question": ask, "spans": [[0.0, 96.0]], "correct": False},  # ends before it
+            {"task": "count", "question": "How many times did a blue circle appear?", "spans": [], "correct": True}]
+    dense = np.arange(600.0)
+    assert list(frames_seen(dense, [[96.0, 98.0]])) == [96.0, 97.0]
+    got = needle_in_view(rows, tl, dense)
+    assert got == {"needle_questions": 2, "needle_in_view": 50.0, "needle_acc_in_view": 100.0,
+                   "needle_acc_out_of_view": 0.0}
+    sparse = np.arange(0.0, 600.0, 7.0)  # 91, 98, 105: none in [100, 104)
+    assert needle_in_view(rows[:1], tl, sparse)["needle_in_view"] == 0.0
+    assert needle_in_view(rows[:1], tl, np.arange(0.0, 600.0, 3.0))["needle_in_view"] == 100.0  # 102
