@@ -72,7 +72,7 @@ class Recorder:
     """Wraps a :class:`VideoQA` for the evaluator and records the ingest times."""
 
     def __init__(self, qa: VideoQA):
-        self.qa, self.ingest_s = qa, []
+        self.qa, self.ingest_s, self.last_memory = qa, [], None
 
     def ingest(self, video, progress=None):
         t0 = time.perf_counter()
@@ -100,7 +100,9 @@ def run_variant(name: str, config: VidqaConfig, questions, model: str, adapter, 
     evidence = needle_in_view(rows, timeline, sampled_times(config, questions[0].video)) if timeline else {}
     attended = [r["tokens"].get("visual_attended", 0) for r in rows if r.get("tokens")]
     latency = [r["timings"]["total"] for r in rows if r.get("timings")]
-    memory = qa.last_memory
+    # A resumed run whose answers were all journaled ingests nothing: its memory (saved, or made
+    # again) still gives the stored-token and frame counts.
+    memory = qa.last_memory or qa.qa.ingest(questions[0].video)
     return {
         "variant": name, "tasks": summary["accuracy"], "m_avg": summary["m_avg"], "questions": len(rows),
         "unparsed": sum(summary["unparsed"].values()),

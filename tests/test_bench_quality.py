@@ -20,7 +20,14 @@ def test_variants_attend_what_they_claim(tmp_path):
     assert rows["uniform"]["frames"] < 60 and rows["uniform"]["visual_attended_median"] == rows["uniform"]["visual_stored"]
     assert rows["uniform"]["visual_attended_median"] <= budget
     text = (tmp_path / "quality.md").read_text()
-    assert "| 1 min | uniform |" in text and "M-Avg" in text
+    assert "| 1 min | uniform |" in text and "M-Avg" in text and "needle in view" in text
+    # Run again into the same folder: every answer is journaled, nothing is re-asked, and the rows
+    # (stored tokens and frames included) come back the same.
+    assert quality.main(["--model", "tiny-random/qwen2_5_vl", "--minutes", "1", "--token-budget", str(budget),
+                         "--per-task", "1", "--variants", "vidqa", "--out", str(tmp_path)]) == 0
+    (again,) = json.loads((tmp_path / "quality.json").read_text())
+    assert {k: again[k] for k in ("tasks", "questions", "visual_stored", "frames")} == \
+        {k: rows["vidqa"][k] for k in ("tasks", "questions", "visual_stored", "frames")}
 
 
 def test_needle_in_view_counts_the_frames_the_model_saw():
