@@ -3,7 +3,6 @@ dense reads stay on one; a stalled or failing worker, an early close and a trunc
 with one decoder; the pool behind it keeps its jobs in order and bounded."""
 
 import logging
-import os
 import threading
 import time
 
@@ -16,7 +15,7 @@ from vidqa.video import iter_chunks, open_video, read_frames
 from vidqa.videoio.parallel import ordered_map
 from vidqa.videoio.pyav_backend import AHEAD_PER_WORKER, BLOCK_TARGETS, PyAVDecoder
 
-from videos import make_video, read_barcode
+from videos import make_video, open_fds_to, read_barcode
 
 FPS = 10
 WORKER = "vidqa-decode-worker"
@@ -50,16 +49,6 @@ def _record_threads(monkeypatch) -> set:
 
 def _decode_threads() -> int:
     return sum(t.name.startswith("vidqa-decode") and t.is_alive() for t in threading.enumerate())
-
-
-def _open_fds_to(path) -> int:
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            count += os.readlink(f"/proc/self/fd/{fd}") == str(path)
-        except OSError:
-            pass
-    return count
 
 
 def _wait_for_threads(count: int, seconds: float = 5.0) -> int:
@@ -125,9 +114,9 @@ def test_leaving_a_parallel_read_early_ends_its_threads_and_closes_its_files(tmp
     stream.close()
     assert _wait_for_threads(before) == before
     deadline = time.monotonic() + 5
-    while _open_fds_to(path) and time.monotonic() < deadline:
+    while open_fds_to(path) and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert _open_fds_to(path) == 0
+    assert open_fds_to(path) == 0
 
 
 def test_a_stalled_worker_raises_stalled(tmp_path, monkeypatch):

@@ -2,7 +2,6 @@
 or a slow caller does not), an abandoned stream releases its thread and file, and whatever a
 decoder raises comes out as the project's own error."""
 
-import os
 import threading
 import time
 
@@ -13,7 +12,7 @@ from vidqa.video import iter_chunks, open_video, read_frames
 from vidqa.videoio import probe
 from vidqa.videoio.pyav_backend import PyAVDecoder
 
-from videos import make_video, read_barcode
+from videos import make_video, open_fds_to, read_barcode
 
 
 @pytest.fixture
@@ -78,16 +77,6 @@ def test_a_stalled_probe_raises(clip, monkeypatch):
     release.set()
 
 
-def _open_fds_to(path) -> int:
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            count += os.readlink(f"/proc/self/fd/{fd}") == str(path)
-        except OSError:
-            pass
-    return count
-
-
 def _decode_threads() -> int:
     return sum(t.name == "vidqa-decode" and t.is_alive() for t in threading.enumerate())
 
@@ -96,12 +85,12 @@ def test_leaving_a_stream_early_releases_its_thread_and_file(clip):
     before = _decode_threads()
     stream = iter_chunks(clip, fps=10.0, chunk_frames=4)
     first = next(stream)
-    assert len(first.frames) == 4 and _open_fds_to(clip) >= 1
+    assert len(first.frames) == 4 and open_fds_to(clip) >= 1
     stream.close()
     deadline = time.monotonic() + 5
-    while (_decode_threads() > before or _open_fds_to(clip)) and time.monotonic() < deadline:
+    while (_decode_threads() > before or open_fds_to(clip)) and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert _decode_threads() == before and _open_fds_to(clip) == 0
+    assert _decode_threads() == before and open_fds_to(clip) == 0
 
 
 def test_anything_a_decoder_raises_comes_out_as_a_project_error(clip, monkeypatch):

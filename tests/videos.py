@@ -138,3 +138,14 @@ def write_empty_video(path: Path) -> Path:
     out.start_encoding()
     out.close()
     return path
+
+
+def open_fds_to(path) -> int:
+    """How many of this process's file descriptors are open on ``path`` (Linux: /proc/self/fd)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}") == str(path)
+        except OSError:
+            pass
+    return count
