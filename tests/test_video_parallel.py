@@ -285,7 +285,8 @@ def test_decode_workers_setting_reaches_the_config_and_leaves_the_memory_key_alo
     assert resolve({"decode_workers": 3}, environ={}).config.video.decode_workers == 3
     assert resolve({}, environ={"VIDQA_DECODE_WORKERS": "1"}).config.video.decode_workers == 1
     assert resolve({}, environ={}).config.video.decode_workers is None
-    with pytest.raises(ConfigError, match="decode_workers"):
-        VideoConfig(decode_workers=0)
+    for bad in (0, True, 2.0):
+        with pytest.raises(ConfigError, match="decode_workers"):
+            VideoConfig(decode_workers=bad)
     assert (VidqaConfig(video=VideoConfig(decode_workers=1)).ingest_key()
             == VidqaConfig(video=VideoConfig(decode_workers=4)).ingest_key() == VidqaConfig().ingest_key())

@@ -40,7 +40,8 @@ class VideoConfig:
         _check(self.max_pixels is None or self.max_pixels >= 64, "max_pixels too small")
         _check(self.decoder in ("auto", "pyav", "decord"),
                f"decoder must be one of auto, pyav, decord; got {self.decoder!r}")
-        _check(self.decode_workers is None or (isinstance(self.decode_workers, int) and self.decode_workers >= 1),
+        _check(self.decode_workers is None or (isinstance(self.decode_workers, int)
+                                               and not isinstance(self.decode_workers, bool) and self.decode_workers >= 1),
                f"decode_workers must be a positive integer, got {self.decode_workers!r}")
 
 
