@@ -93,16 +93,19 @@ def sampled_times(config: VidqaConfig, video: str):
     return sample_times(open_video(video), fps=vc.fps, num_frames=vc.num_frames, max_frames=vc.max_frames)
 
 
-def run_variant(name: str, config: VidqaConfig, questions, model: str, adapter, out: Path, timeline=None) -> dict:
+def run_variant(name: str, config: VidqaConfig, questions, model: str, adapter, out: Path,
+                timelines: dict | None = None) -> dict:
+    """One variant over ``questions`` (of one or more videos; ``timelines`` maps each video to its
+    script, for the evidence columns)."""
     qa = Recorder(VideoQA(model=model, config=config, adapter=adapter))
     summary = evaluate(questions, qa, out, model=model, progress=False)
     rows = [json.loads(line) for line in (out / "samples_rank0.jsonl").read_text().splitlines() if line.strip()]
-    evidence = needle_in_view(rows, timeline, sampled_times(config, questions[0].video)) if timeline else {}
+    evidence = needle_in_view(rows, timelines, lambda video: sampled_times(config, video)) if timelines else {}
     attended = [r["tokens"].get("visual_attended", 0) for r in rows if r.get("tokens")]
     latency = [r["timings"]["total"] for r in rows if r.get("timings")]
     # A resumed run whose answers were all journaled ingests nothing: its memory (saved, or made
     # again) still gives the stored-token and frame counts.
-    memory = qa.last_memory or qa.qa.ingest(questions[0].video)
+    memory = qa.last_memory or qa.qa.ingest(questions[-1].video)
     return {
         "variant": name, "tasks": summary["accuracy"], "m_avg": summary["m_avg"], "questions": len(rows),
         "unparsed": sum(summary["unparsed"].values()),
@@ -137,7 +140,8 @@ def table(results: list[dict]) -> str:
         m_avg = f"{r['m_avg']:.1f}" if r["m_avg"] is not None else "-"
         view = (f"{_pct(r.get('needle_in_view'))} of {r['needle_questions']}" if r.get("needle_questions") else "-")
         split = f"{_pct(r.get('needle_acc_in_view'))} / {_pct(r.get('needle_acc_out_of_view'))}"
-        lines.append(f"| {r['minutes']:g} min | {r['variant']} | " + " | ".join(acc) +
+        videos = f" x {r['videos']}" if r.get("videos", 1) > 1 else ""
+        lines.append(f"| {r['minutes']:g} min{videos} | {r['variant']} | " + " | ".join(acc) +
                      f" | {m_avg} | {r['unparsed']} | {view} | {split} | {r['visual_attended_median']:,} | {r['ingest_s']} | "
                      f"{r['latency_median_s']} | {r['peak_rss_mib']} |")
     return "\n".join(lines)
@@ -152,6 +156,7 @@ def main(argv=None) -> int:
     ap.add_argument("--token-budget", type=int, default=8192)
     ap.add_argument("--seed", type=int, default=HELD_OUT_SEED_BASE + 1)
     ap.add_argument("--per-task", type=int, default=3)
+    ap.add_argument("--videos", type=int, default=1, help="videos per length (seeds --seed, --seed + 1, ...)")
     ap.add_argument("--variants", nargs="*", help="names to run (default: all)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
@@ -159,18 +164,21 @@ def main(argv=None) -> int:
     adapter = load_adapter(args.model)
     results = []
     for minutes in args.minutes:
-        folder = out / f"video_{minutes:g}min"
-        if not (folder / "questions.json").exists():
-            generate(folder, minutes * 60, args.seed, per_task=args.per_task)
-        questions = load_mlvu(folder / "questions.json", video_root=folder)
-        timeline = Timeline.from_json((folder / "timeline.json").read_text())
+        questions, timelines = [], {}
+        for k in range(args.videos):  # the first video's folder keeps its name: earlier runs resume
+            folder = out / (f"video_{minutes:g}min" + (f"_{k}" if k else ""))
+            if not (folder / "questions.json").exists():
+                generate(folder, minutes * 60, args.seed + k, per_task=args.per_task)
+            video_questions = load_mlvu(folder / "questions.json", video_root=folder)
+            timelines[video_questions[0].video] = Timeline.from_json((folder / "timeline.json").read_text())
+            questions += video_questions
         # uniform: the even number of frames whose tokens fill the budget
         frames_for_budget = max(2, int(args.token_budget / tokens_per_frame(adapter, questions[0].video)) // 2 * 2)
         for name, config in variants(args.token_budget, frames_for_budget).items():
             if args.variants and name not in args.variants:
                 continue
-            r = run_variant(name, config, questions, args.model, adapter, out / f"{minutes:g}min" / name, timeline)
-            r["minutes"] = minutes
+            r = run_variant(name, config, questions, args.model, adapter, out / f"{minutes:g}min" / name, timelines)
+            r["minutes"], r["videos"] = minutes, args.videos
             results.append(r)
             print(json.dumps(r), flush=True)
             (out / "quality.json").write_text(json.dumps(results, indent=1) + "\n")

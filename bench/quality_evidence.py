@@ -40,16 +40,20 @@ def frames_seen(frame_times: np.ndarray, spans) -> np.ndarray:
     return times[inside]
 
 
-def needle_in_view(rows: list[dict], timeline, frame_times: np.ndarray) -> dict:
-    """Evidence recall over the findNeedle rows of ``rows`` (the evaluator's sample rows)."""
-    seen, hits_in, hits_out = [], [], []
+def needle_in_view(rows: list[dict], timelines: dict, frame_times_of) -> dict:
+    """Evidence recall over the findNeedle rows of ``rows`` (the evaluator's sample rows, of one or
+    more videos): ``timelines`` maps a row's ``video`` to its script, ``frame_times_of(video)`` gives
+    the frame times ``[K]`` the variant sampled from it."""
+    seen, hits_in, hits_out, times = [], [], [], {}
     for row in rows:
-        if row.get("task") != "findNeedle":
+        if row.get("task") != "findNeedle" or row.get("video") not in timelines:
             continue
-        interval = needle_interval(timeline, row["question"])
+        interval = needle_interval(timelines[row["video"]], row["question"])
         if interval is None:
             continue
-        shown = frames_seen(frame_times, row.get("spans") or [])
+        if row["video"] not in times:
+            times[row["video"]] = frame_times_of(row["video"])
+        shown = frames_seen(times[row["video"]], row.get("spans") or [])
         in_view = bool(((shown >= interval[0]) & (shown < interval[1])).any())
         seen.append(in_view)
         (hits_in if in_view else hits_out).append(bool(row.get("correct")))

@@ -26,6 +26,7 @@ def test_variants_attend_what_they_claim(tmp_path):
     assert quality.main(["--model", "tiny-random/qwen2_5_vl", "--minutes", "1", "--token-budget", str(budget),
                          "--per-task", "1", "--variants", "vidqa", "--out", str(tmp_path)]) == 0
     (again,) = json.loads((tmp_path / "quality.json").read_text())
+    assert again["needle_questions"] == rows["vidqa"]["needle_questions"] >= 1
     assert {k: again[k] for k in ("tasks", "questions", "visual_stored", "frames")} == \
         {k: rows["vidqa"][k] for k in ("tasks", "questions", "visual_stored", "frames")}
 
@@ -44,14 +45,33 @@ def test_needle_in_view_counts_the_frames_the_model_saw():
     circle = Appearance("circle", "blue", "small", 10.0, 14.0, 0.1, 0.5, 0.9, 0.5)
     tl = Timeline(seed=0, duration=600.0, objects=[circle, needle])
     ask = "What colour was the diamond that appeared in the video?"
-    rows = [{"task": "findNeedle", "question": ask, "spans": [[96.0, 112.0]], "correct": True},  # 1 fps: seen
-            {"task": "findNeedle", "question": ask, "spans": [[0.0, 96.0]], "correct": False},  # ends before it
-            {"task": "count", "question": "How many times did a blue circle appear?", "spans": [], "correct": True}]
+    v = "a/video.mp4"
+    rows = [{"video": v, "task": "findNeedle", "question": ask, "spans": [[96.0, 112.0]], "correct": True},  # seen
+            {"video": v, "task": "findNeedle", "question": ask, "spans": [[0.0, 96.0]], "correct": False},  # before it
+            {"video": v, "task": "count", "question": "How many times did a blue circle appear?", "spans": [],
+             "correct": True},
+            {"video": "other.mp4", "task": "findNeedle", "question": ask, "spans": [[0.0, 600.0]], "correct": True}]
     dense = np.arange(600.0)
     assert list(frames_seen(dense, [[96.0, 98.0]])) == [96.0, 97.0]
-    got = needle_in_view(rows, tl, dense)
+    got = needle_in_view(rows, {v: tl}, lambda video: dense)
     assert got == {"needle_questions": 2, "needle_in_view": 50.0, "needle_acc_in_view": 100.0,
                    "needle_acc_out_of_view": 0.0}
     sparse = np.arange(0.0, 600.0, 7.0)  # 91, 98, 105: none in [100, 104)
-    assert needle_in_view(rows[:1], tl, sparse)["needle_in_view"] == 0.0
-    assert needle_in_view(rows[:1], tl, np.arange(0.0, 600.0, 3.0))["needle_in_view"] == 100.0  # 102
+    assert needle_in_view(rows[:1], {v: tl}, lambda video: sparse)["needle_in_view"] == 0.0
+    assert needle_in_view(rows[:1], {v: tl}, lambda video: np.arange(0.0, 600.0, 3.0))["needle_in_view"] == 100.0
+
+
+def test_several_videos_per_length_pool_their_questions(tmp_path):
+    """--videos 2: two held-out videos (seeds s and s + 1) answered together, their questions and
+    needle questions pooled in one row."""
+    quality = load_bench("quality")
+    args = ["--model", "tiny-random/qwen2_5_vl", "--minutes", "1", "--token-budget", "400", "--per-task", "1",
+            "--variants", "vidqa"]
+    assert quality.main(args + ["--out", str(tmp_path / "one")]) == 0
+    assert quality.main(args + ["--videos", "2", "--out", str(tmp_path / "two")]) == 0
+    (one,) = json.loads((tmp_path / "one" / "quality.json").read_text())
+    (two,) = json.loads((tmp_path / "two" / "quality.json").read_text())
+    second = json.loads((tmp_path / "two" / "video_1min_1" / "questions.json").read_text())
+    assert two["videos"] == 2 and two["questions"] == one["questions"] + len(second) > one["questions"]
+    assert two["needle_questions"] > one["needle_questions"]
+    assert "| 1 min x 2 | vidqa |" in (tmp_path / "two" / "quality.md").read_text()
