@@ -14,7 +14,8 @@ model and the same visual-token budget per question:
   video, K chosen so that all their tokens fit the same budget, and all of them attended;
 * ``full``    -- every frame at 1 fps and every block attended (no retrieval), where it fits;
 * ablations   -- one component changed at a time: no recurrent memory, no sliding window, 4-bit
-  KV, LOOK-M compression to half, temporal token merging to half.
+  KV, LOOK-M compression to half, temporal token merging to half, and the question-aware budget
+  (QuoTA) sharing the tokens between all moments of the video instead of retrieving whole blocks.
 
 Per variant: per-task accuracy and M-Avg (mean of task accuracies, as MLVU defines it), how often
 the findNeedle evidence reached the model and the accuracy with and without it (``quality_evidence``),
@@ -65,6 +66,8 @@ def variants(budget: int, frames_for_budget: int) -> dict[str, VidqaConfig]:
         "4-bit KV": replace(base, memory=replace(mem, kv_bits=4)),
         "LOOK-M to 50%": replace(base, memory=replace(mem, compress_ratio=0.5)),
         "temporal merge to 50%": replace(base, reducers="temporal:keep_ratio=0.5"),
+        # the budget shared between all moments by relevance, instead of whole blocks retrieved
+        "QuoTA budget": replace(base, reducers=f"budget:token_budget={budget}"),
     }
 
 
