@@ -272,6 +272,10 @@ class TokenProbe(torch.nn.Module):
     def __init__(self, width: int):
         super().__init__()
         self.heads = torch.nn.ModuleDict({f: torch.nn.Linear(width, n) for f, n in CLASSES.items()})
+        for f, n in CLASSES.items():  # class weights, made once (not saved: they follow from the classes)
+            weight = torch.ones(n)
+            weight[0] = self.BACKGROUND_WEIGHT
+            self.register_buffer(f"{f}_weight", weight, persistent=False)
 
     def forward(self, visual: torch.Tensor, labels: torch.Tensor, accuracy: bool = False) -> tuple[torch.Tensor, dict]:
         """``visual`` ``[B, N, D]``, ``labels`` int64 ``[B, T/2, rows, cols, 3]`` with N = T/2*rows*cols
@@ -283,9 +287,7 @@ class TokenProbe(torch.nn.Module):
             head = self.heads[field]
             target = flat[..., i].reshape(-1)
             logits = head(visual.reshape(-1, visual.shape[-1]).to(head.weight.dtype)).float()
-            weight = torch.ones(head.out_features, device=logits.device)
-            weight[0] = self.BACKGROUND_WEIGHT
-            losses.append(F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE))
+            losses.append(F.cross_entropy(logits, target, weight=getattr(self, f"{field}_weight"), ignore_index=IGNORE))
             if not accuracy:
                 continue
             with torch.no_grad():
@@ -428,10 +430,13 @@ def main(argv=None) -> int:
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
             logits, labels, tasks, visual = batch_logits(adapter, batch, device, augment=True, generator=generator,
                                                          return_visual=True)
-            answer_loss = row_loss(logits, labels)
-            token_loss, token_acc = probe(visual, batch["token_labels"].to(device, non_blocking=True),
-                                           accuracy=(step + 1) % args.log_every == 0)
-        loss = answer_loss + args.token_loss * token_loss if args.token_loss > 0 else answer_loss
+            loss = answer_loss = row_loss(logits, labels)
+            probe_log = {}
+            if args.token_loss > 0:  # an untrained probe's read-out would mean nothing: skip it
+                token_loss, token_acc = probe(visual, batch["token_labels"].to(device, non_blocking=True),
+                                               accuracy=(step + 1) % args.log_every == 0)
+                loss = answer_loss + args.token_loss * token_loss
+                probe_log = {"token_loss": token_loss.detach(), **token_acc}
         opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -445,7 +450,7 @@ def main(argv=None) -> int:
             mc = [ok for kind, _, ok in hits if kind == "mc"]
             hint = [ok for kind, _, ok in hits if kind == "hint"]
             row = {"step": step, "of": total if total < 10**9 else None, "loss": round(float(answer_loss.detach()), 4),
-                   "token_loss": round(float(token_loss.detach()), 4), **token_acc,
+                   **{k: round(float(v), 4) if torch.is_tensor(v) else v for k, v in probe_log.items()},
                    "mc_letter_acc": round(sum(mc) / max(1, len(mc)), 3),
                    "hinted_letter_acc": round(sum(hint) / max(1, len(hint)), 3), "lr": round(lr, 6),
                    "skipped_steps": skipped, "elapsed_s": round(time.time() - t_start, 1),

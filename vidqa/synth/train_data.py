@@ -139,7 +139,8 @@ def pick_questions(batch: dict, rng: random.Random, per_clip: int = QUESTIONS_PE
 
 class ClipBatches(torch.utils.data.IterableDataset):
     """Endless batches ``{"frames": uint8 [B, T, 126, 224, 3], "times": [T], "qa": [[QA]], "all_qa",
-    "token_labels": int64 [B, T/2, 4, 8, 3], layout...}``: ``qa`` is one :func:`pick_questions` draw of ``all_qa``, every question of each clip.
+    "token_labels": int64 [B, T/2, 4, 8, 3], layout...}``: ``qa`` is one :func:`pick_questions` draw
+    of ``all_qa``, every question of each clip.
 
     Each worker draws from its own generator (``seed``, worker id), so a run is reproducible for a
     given worker count.
