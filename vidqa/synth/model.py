@@ -23,6 +23,12 @@ from vidqa.synth import vocab
 from vidqa.vlm.tiny import QWEN_CHAT_TEMPLATE, QWEN_SPECIALS
 
 FRAME_PIXELS = 224 * 126
+# Qwen2.5-VL's own base (1e6, as in the 3B and 7B configs), not the 1e4 of short-context models: with
+# 1e4 even the slowest rotary pair turns ~1 rad over the 7,200 positions an hour of video spans and
+# past pi/2 at 3 hours, so no channel pair can match a question word to what a distant frame shows;
+# with 1e6 the slowest eight pairs turn at most 0.23 rad over an hour and 0.68 over three (Xiong et
+# al., 2023, "Effective Long-Context Scaling of Foundation Models", on raising the base for long context).
+ROPE_THETA = 1_000_000.0
 UNK, PAD = "[unk]", "<|endoftext|>"
 
 
@@ -88,7 +94,7 @@ def build_model_and_processor(seed: int = 0):
         vocab_size=len(tok), hidden_size=256, intermediate_size=512, num_hidden_layers=6,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32768,
         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
-        rope_scaling={"type": "mrope", "mrope_section": [8, 12, 12]}, rope_theta=10000.0,
+        rope_scaling={"type": "mrope", "mrope_section": [8, 12, 12]}, rope_theta=ROPE_THETA,
         tie_word_embeddings=True,
     )
     vision_config = dict(

@@ -19,7 +19,11 @@ support, rendered by CPU workers). On the device a step then
 5. adds ``--token-loss`` times a per-visual-token loss: a linear probe (:class:`TokenProbe`) reads
    each token's shape, colour and card word, labelled by the renderer
    (:mod:`vidqa.synth.token_labels`). Answers alone taught colours but not shapes; the probe is
-   saved beside the checkpoint for resuming and is not part of the shipped model.
+   saved beside the checkpoint for resuming and is not part of the shipped model;
+6. adds ``--lookup-loss`` times a supervised-attention loss (:mod:`vidqa.synth.lookup_loss`): at
+   language-model layer ``--lookup-layer``, the answer position of each question that names a shape
+   or card word should attend to the visual tokens showing it. With answers and the probe alone the
+   model perceived needles but never looked them up (findNeedle at chance).
 
 ``--text-warmup-steps`` first trains the language model alone on hinted multiple-choice rows
 (:class:`~vidqa.synth.train_data.HintedRows`, no video): the letter lookup, which video runs of
@@ -46,6 +50,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from vidqa.synth.lookup_loss import LookupCapture, lookup_loss
 from vidqa.synth.questions import TASKS
 from vidqa.synth.token_labels import CLASSES, FIELDS, IGNORE
 from vidqa.synth.train_data import CHUNK, ClipBatches, pick_questions
@@ -371,6 +376,10 @@ def main(argv=None) -> int:
     ap.add_argument("--reuse", type=int, default=1, help="steps per rendered batch (new questions each time)")
     ap.add_argument("--token-loss", type=float, default=0.5,
                     help="weight of the per-visual-token shape/colour/word probe loss (0: answers only)")
+    ap.add_argument("--lookup-loss", type=float, default=0.5,
+                    help="weight of the supervised look-up attention loss (0: off)")
+    ap.add_argument("--lookup-layer", type=int, default=3,
+                    help="language-model layer whose answer-position attention the look-up loss supervises")
     args = ap.parse_args(argv)
     random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -405,6 +414,7 @@ def main(argv=None) -> int:
     log = open(out / "train_log.jsonl", "a")
     step, total, warmup = 0, args.steps or 10**9, 50 if args.resume else 300
     skipped, last_ckpt, t_steps = 0, time.time(), None
+    lookup_logs: dict[str, list] = {"near": [], "far": [], "share": []}  # evidence attention since the last log
     pick_rng, waited, t_wait = random.Random(args.seed), 0.0, time.time()
 
     def batches():
@@ -427,15 +437,25 @@ def main(argv=None) -> int:
         lr = lr_at(step, total, args.lr, warmup)
         for g in opt.param_groups:
             g["lr"] = lr
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device == "cuda"), \
+                LookupCapture(model.model.language_model, args.lookup_layer) as capture:
             logits, labels, tasks, visual = batch_logits(adapter, batch, device, augment=True, generator=generator,
                                                          return_visual=True)
             loss = answer_loss = row_loss(logits, labels)
             probe_log = {}
+            if args.lookup_loss > 0:
+                patch = processor.video_processor.patch_size
+                visual_mask = video_template(adapter, batch, (HEIGHT // patch, WIDTH // patch))[1]
+                look, look_log = lookup_loss(capture, batch, labels, tasks, visual_mask)
+                if look is not None:
+                    loss = loss + args.lookup_loss * look
+                    far = "far" if batch["gap"] or batch["question_gap"] or any(batch["chunk_gaps"]) else "near"
+                    lookup_logs[far].append(look_log["evidence_attention"])
+                    lookup_logs["share"].append(look_log["evidence_share"])
             if args.token_loss > 0:  # an untrained probe's read-out would mean nothing: skip it
                 token_loss, token_acc = probe(visual, batch["token_labels"].to(device, non_blocking=True),
                                                accuracy=(step + 1) % args.log_every == 0)
-                loss = answer_loss + args.token_loss * token_loss
+                loss = loss + args.token_loss * token_loss
                 probe_log = {"token_loss": token_loss.detach(), **token_acc}
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -449,8 +469,11 @@ def main(argv=None) -> int:
             hits = letter_hits(logits.detach(), labels, tasks, adapter)
             mc = [ok for kind, _, ok in hits if kind == "mc"]
             hint = [ok for kind, _, ok in hits if kind == "hint"]
+            looked = {f"evidence_attention_{k}" if k != "share" else "evidence_share":
+                      round(float(torch.stack(v).mean()), 4) for k, v in lookup_logs.items() if v}
+            lookup_logs = {k: [] for k in lookup_logs}
             row = {"step": step, "of": total if total < 10**9 else None, "loss": round(float(answer_loss.detach()), 4),
-                   **{k: round(float(v), 4) if torch.is_tensor(v) else v for k, v in probe_log.items()},
+                   **{k: round(float(v), 4) if torch.is_tensor(v) else v for k, v in probe_log.items()}, **looked,
                    "mc_letter_acc": round(sum(mc) / max(1, len(mc)), 3),
                    "hinted_letter_acc": round(sum(hint) / max(1, len(hint)), 3), "lr": round(lr, 6),
                    "skipped_steps": skipped, "elapsed_s": round(time.time() - t_start, 1),
@@ -473,6 +496,7 @@ def main(argv=None) -> int:
             "train_seconds": round(train_s, 1), "seed": args.seed,
             "resumed_from": args.resume, "lr": args.lr, "skipped_steps": skipped, "frames_per_batch": args.frames_per_batch,
             "questions_per_clip": args.questions_per_clip, "reuse": args.reuse, "token_loss": args.token_loss,
+            "lookup_loss": args.lookup_loss, "lookup_layer": args.lookup_layer,
             "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "heldout_accuracy": acc}
     print(json.dumps(info), flush=True)
     log.write(json.dumps(info) + "\n")

@@ -1,0 +1,126 @@
+"""The supervised look-up attention of the synthetic trainer: what a question names, which tokens
+show it, that the loss reads the very attention the layer computes, and that it can be learnt."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from vidqa.synth import vocab
+from vidqa.synth.lookup_loss import (LookupCapture, answer_positions, evidence_mask, lookup_loss,
+                                     named_entities)
+from vidqa.synth.train import batch_logits, video_template
+from vidqa.synth.train_data import TOKEN_GRID, batch_layout, make_clip
+
+S, C, W = ({n: i + 1 for i, n in enumerate(names)} for names in (vocab.SHAPES, vocab.COLOURS, vocab.CARD_WORDS))
+
+
+def test_named_entities():
+    assert named_entities("What colour was the diamond that appeared in the video?") == ([S["diamond"]], 0, [])
+    assert named_entities("How many times did a red circle appear in the video?") == ([S["circle"]], C["red"], [])
+    assert named_entities("At what time did the word 'tiger' appear?") == ([], 0, [W["tiger"]])
+    assert named_entities("In which order did the cross, diamond, triangle appear in the video?") == \
+        ([S["cross"], S["diamond"], S["triangle"]], 0, [])
+    assert named_entities("Which place is the video mostly set in?") == ([], 0, [])
+
+
+def test_evidence_is_the_named_objects_and_cards():
+    labels = torch.zeros(6, 3, dtype=torch.long)
+    labels[0] = torch.tensor([S["diamond"], C["red"], 0])
+    labels[1] = torch.tensor([S["circle"], C["red"], 0])
+    labels[2] = torch.tensor([S["circle"], C["blue"], 0])
+    labels[3, 2] = W["tiger"]
+    labels[4] = -100  # an anomaly grid
+    assert evidence_mask("What colour was the diamond?", labels).tolist() == [True] + [False] * 5
+    assert evidence_mask("How many times did a red circle appear?", labels).tolist() == [False, True] + [False] * 4
+    assert evidence_mask("At what time did the word 'tiger' appear?", labels).tolist() == [False] * 3 + [True, False, False]
+    assert not evidence_mask("Which unusual event happened in the video?", labels).any()
+
+
+@pytest.fixture(scope="module")
+def adapter():
+    from vidqa.synth.model import build_model_and_processor
+    from vidqa.vlm.qwen2_5_vl import Qwen2_5_VLAdapter
+
+    model, processor = build_model_and_processor(seed=1)
+    return Qwen2_5_VLAdapter(model, processor, "synth-tiny")
+
+
+def _batch(seed=5, chunks=2, clips=2):
+    layout = dict(batch_layout(random.Random(seed)), chunks=chunks)
+    items = [make_clip(200 + i, chunks, layout["offset"]) for i in range(clips)]
+    qa = [[q for q in questions if q.kind == "mc" and named_entities(q.question) != ([], 0, [])][:3]
+          for _, _, questions, _ in items]
+    return {"frames": torch.from_numpy(np.stack([f for f, _, _, _ in items])), "times": items[0][1], "qa": qa,
+            "token_labels": torch.from_numpy(np.stack([lab for _, _, _, lab in items])), **layout}
+
+
+def test_queries_and_keys_are_the_layers_own(adapter):
+    """Attention recomputed from the captured query and the cached keys and values, through the
+    layer's output projection, equals the layer's output at each row's answer position."""
+    lm = adapter.model.model.language_model
+    batch = _batch()
+    outputs = {}
+    layer = 3
+    hook = lm.layers[layer].self_attn.register_forward_hook(lambda m, a, out: outputs.update(out=out[0]))
+    try:
+        with torch.no_grad(), LookupCapture(lm, layer) as cap:
+            _, labels, tasks = batch_logits(adapter, batch, "cpu")
+    finally:
+        hook.remove()
+    _, is_visual, _, _ = video_template(adapter, batch, (8, 16))
+    rows = torch.arange(len(tasks))
+    pos = answer_positions(labels)
+    q = cap.queries(rows, pos)  # [R, H, Dh]
+    keys, values = cap.keys(), cap.cache.layers[layer].values
+    groups = q.shape[1] // keys.shape[1]
+    for r in rows.tolist():
+        upto = len(is_visual) + int(pos[r]) + 1  # the whole video, then the question up to here
+        k = keys[r, :, :upto].repeat_interleave(groups, dim=0).float()
+        v = values[r, :, :upto].repeat_interleave(groups, dim=0).float()
+        att = torch.softmax(torch.einsum("hd,hnd->hn", q[r], k) * cap.attn.scaling, dim=-1)
+        out = cap.attn.o_proj(torch.einsum("hn,hnd->hd", att, v).reshape(-1))
+        torch.testing.assert_close(out, outputs["out"][r, pos[r]], atol=1e-4, rtol=1e-4)
+    assert len(is_visual) + labels.shape[1] == keys.shape[2]
+
+
+def test_lookup_loss_is_learnt(adapter):
+    """Twenty steps on one batch with the look-up loss alone move the answer position's attention
+    onto the evidence: from about the evidence's share of the visual tokens to well above it."""
+    from vidqa.synth.model import build_model_and_processor
+    from vidqa.vlm.qwen2_5_vl import Qwen2_5_VLAdapter
+
+    model, processor = build_model_and_processor(seed=2)
+    a = Qwen2_5_VLAdapter(model, processor, "synth-tiny")
+    model.train()
+    lm = model.model.language_model
+    batch = _batch(seed=6)
+    _, is_visual, _, _ = video_template(a, batch, (8, 16))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    logs = []
+    for _ in range(20):
+        with LookupCapture(lm, 3) as cap:
+            _, labels, tasks = batch_logits(a, batch, "cpu")
+        loss, log = lookup_loss(cap, batch, labels, tasks, is_visual)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        logs.append({k: float(v) for k, v in log.items()})
+    share = logs[0]["evidence_share"]
+    assert 0 < share < 0.2
+    assert logs[0]["evidence_attention"] < 3 * share, logs[0]
+    assert logs[-1]["evidence_attention"] > 0.5, logs[-1]
+
+
+def test_rows_naming_nothing_give_no_loss(adapter):
+    batch = _batch()
+    for questions in batch["qa"]:
+        for q in questions:
+            q.kind = "hint"
+    lm = adapter.model.model.language_model
+    with torch.no_grad(), LookupCapture(lm, 3) as cap:
+        _, labels, tasks = batch_logits(adapter, batch, "cpu")
+    _, is_visual, _, _ = video_template(adapter, batch, (8, 16))
+    assert lookup_loss(cap, batch, labels, tasks, is_visual) == (None, {})
+    assert TOKEN_GRID == (4, 8)
