@@ -23,7 +23,10 @@ support, rendered by CPU workers). On the device a step then
 6. adds ``--lookup-loss`` times a supervised-attention loss (:mod:`vidqa.synth.lookup_loss`): at
    language-model layer ``--lookup-layer``, the answer position of each question that names a shape
    or card word should attend to the visual tokens showing it. With answers and the probe alone the
-   model perceived needles but never looked them up (findNeedle at chance).
+   model perceived needles but never looked them up (findNeedle at chance); ``--readout-loss`` adds
+   the open answers read out at that layer (:func:`~vidqa.synth.lookup_loss.readout_loss`) and
+   ``--option-loss`` the attention of the layer above to the correct option's letter and text
+   (:func:`~vidqa.synth.lookup_loss.option_loss`).
 
 ``--text-warmup-steps`` first trains the language model alone on hinted multiple-choice rows
 (:class:`~vidqa.synth.train_data.HintedRows`, no video): the letter lookup, which video runs of
@@ -50,7 +53,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from vidqa.synth.lookup_loss import LookupCapture, lookup_loss
+from vidqa.synth.lookup_loss import LookupCapture, lookup_loss, option_loss, readout_loss
 from vidqa.synth.questions import TASKS
 from vidqa.synth.token_labels import CLASSES, FIELDS, IGNORE
 from vidqa.synth.train_data import CHUNK, ClipBatches, pick_questions
@@ -378,6 +381,10 @@ def main(argv=None) -> int:
                     help="weight of the per-visual-token shape/colour/word probe loss (0: answers only)")
     ap.add_argument("--lookup-loss", type=float, default=0.5,
                     help="weight of the supervised look-up attention loss (0: off)")
+    ap.add_argument("--readout-loss", type=float, default=0.5,
+                    help="weight of the open answers read at the look-up layer (deep supervision; 0: off)")
+    ap.add_argument("--option-loss", type=float, default=0.5,
+                    help="weight of the supervised attention to the correct option, one layer above the look-up (0: off)")
     ap.add_argument("--lookup-layer", type=int, default=3,
                     help="language-model layer whose answer-position attention the look-up loss supervises")
     args = ap.parse_args(argv)
@@ -414,7 +421,7 @@ def main(argv=None) -> int:
     log = open(out / "train_log.jsonl", "a")
     step, total, warmup = 0, args.steps or 10**9, 50 if args.resume else 300
     skipped, last_ckpt, t_steps = 0, time.time(), None
-    lookup_logs: dict[str, list] = {"near": [], "far": [], "share": []}  # evidence attention since the last log
+    lookup_logs: dict[str, list] = {"near": [], "far": [], "share": [], "option": []}  # evidence attention since the last log
     pick_rng, waited, t_wait = random.Random(args.seed), 0.0, time.time()
 
     def batches():
@@ -438,7 +445,8 @@ def main(argv=None) -> int:
         for g in opt.param_groups:
             g["lr"] = lr
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device == "cuda"), \
-                LookupCapture(model.model.language_model, args.lookup_layer) as capture:
+                LookupCapture(model.model.language_model, args.lookup_layer) as capture, \
+                LookupCapture(model.model.language_model, args.lookup_layer + 1) as option_capture:
             logits, labels, tasks, visual = batch_logits(adapter, batch, device, augment=True, generator=generator,
                                                          return_visual=True)
             loss = answer_loss = row_loss(logits, labels)
@@ -452,11 +460,22 @@ def main(argv=None) -> int:
                     far = "far" if batch["gap"] or batch["question_gap"] or any(batch["chunk_gaps"]) else "near"
                     lookup_logs[far].append(look_log["evidence_attention"])
                     lookup_logs["share"].append(look_log["evidence_share"])
+            if args.option_loss > 0:
+                patch = processor.video_processor.patch_size
+                video_length = len(video_template(adapter, batch, (HEIGHT // patch, WIDTH // patch))[1])
+                pick, pick_log = option_loss(option_capture, adapter, batch, labels, tasks, video_length)
+                if pick is not None:
+                    loss = loss + args.option_loss * pick
+                    lookup_logs["option"].append(pick_log["option_attention"])
+            read = readout_loss(capture, model.lm_head, labels, tasks) if args.readout_loss > 0 else None
+            if read is not None:
+                loss = loss + args.readout_loss * read
+                probe_log["readout_loss"] = read.detach()
             if args.token_loss > 0:  # an untrained probe's read-out would mean nothing: skip it
                 token_loss, token_acc = probe(visual, batch["token_labels"].to(device, non_blocking=True),
                                                accuracy=(step + 1) % args.log_every == 0)
                 loss = loss + args.token_loss * token_loss
-                probe_log = {"token_loss": token_loss.detach(), **token_acc}
+                probe_log.update(token_loss=token_loss.detach(), **token_acc)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -469,7 +488,9 @@ def main(argv=None) -> int:
             hits = letter_hits(logits.detach(), labels, tasks, adapter)
             mc = [ok for kind, _, ok in hits if kind == "mc"]
             hint = [ok for kind, _, ok in hits if kind == "hint"]
-            looked = {f"evidence_attention_{k}" if k != "share" else "evidence_share":
+            names = {"near": "evidence_attention_near", "far": "evidence_attention_far", "share": "evidence_share",
+                     "option": "option_attention"}
+            looked = {names[k]:
                       round(float(torch.stack(v).mean()), 4) for k, v in lookup_logs.items() if v}
             lookup_logs = {k: [] for k in lookup_logs}
             row = {"step": step, "of": total if total < 10**9 else None, "loss": round(float(answer_loss.detach()), 4),
@@ -496,7 +517,8 @@ def main(argv=None) -> int:
             "train_seconds": round(train_s, 1), "seed": args.seed,
             "resumed_from": args.resume, "lr": args.lr, "skipped_steps": skipped, "frames_per_batch": args.frames_per_batch,
             "questions_per_clip": args.questions_per_clip, "reuse": args.reuse, "token_loss": args.token_loss,
-            "lookup_loss": args.lookup_loss, "lookup_layer": args.lookup_layer,
+            "lookup_loss": args.lookup_loss, "lookup_layer": args.lookup_layer, "readout_loss": args.readout_loss,
+            "option_loss": args.option_loss,
             "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "heldout_accuracy": acc}
     print(json.dumps(info), flush=True)
     log.write(json.dumps(info) + "\n")
