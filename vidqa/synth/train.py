@@ -518,7 +518,7 @@ def main(argv=None) -> int:
             "resumed_from": args.resume, "lr": args.lr, "skipped_steps": skipped, "frames_per_batch": args.frames_per_batch,
             "questions_per_clip": args.questions_per_clip, "reuse": args.reuse, "token_loss": args.token_loss,
             "lookup_loss": args.lookup_loss, "lookup_layer": args.lookup_layer, "readout_loss": args.readout_loss,
-            "option_loss": args.option_loss,
+            "option_loss": args.option_loss, "rope_theta": model.config.text_config.rope_parameters["rope_theta"],
             "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "heldout_accuracy": acc}
     print(json.dumps(info), flush=True)
     log.write(json.dumps(info) + "\n")
