@@ -24,3 +24,13 @@ def llava_adapter():
     from vidqa.vlm import load_adapter
 
     return load_adapter("tiny-random/llava_onevision", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def synth_adapter():
+    """A fresh (untrained) synth-tiny architecture with its tokenizer and processor, per module."""
+    from vidqa.synth.model import build_model_and_processor
+    from vidqa.vlm.qwen2_5_vl import Qwen2_5_VLAdapter
+
+    model, processor = build_model_and_processor(seed=0)
+    return Qwen2_5_VLAdapter(model, processor, "synth-tiny")

@@ -4,7 +4,6 @@ show it, that the loss reads the very attention the layer computes, and that it 
 import random
 
 import numpy as np
-import pytest
 import torch
 
 from vidqa.synth import vocab
@@ -38,15 +37,6 @@ def test_evidence_is_the_named_objects_and_cards():
     assert not evidence_mask("Which unusual event happened in the video?", labels).any()
 
 
-@pytest.fixture(scope="module")
-def adapter():
-    from vidqa.synth.model import build_model_and_processor
-    from vidqa.vlm.qwen2_5_vl import Qwen2_5_VLAdapter
-
-    model, processor = build_model_and_processor(seed=1)
-    return Qwen2_5_VLAdapter(model, processor, "synth-tiny")
-
-
 def _batch(seed=5, chunks=2, clips=2):
     layout = dict(batch_layout(random.Random(seed)), chunks=chunks)
     items = [make_clip(200 + i, chunks, layout["offset"]) for i in range(clips)]
@@ -56,9 +46,10 @@ def _batch(seed=5, chunks=2, clips=2):
             "token_labels": torch.from_numpy(np.stack([lab for _, _, _, lab in items])), **layout}
 
 
-def test_queries_and_keys_are_the_layers_own(adapter):
+def test_queries_and_keys_are_the_layers_own(synth_adapter):
     """Attention recomputed from the captured query and the cached keys and values, through the
     layer's output projection, equals the layer's output at each row's answer position."""
+    adapter = synth_adapter
     lm = adapter.model.model.language_model
     batch = _batch()
     outputs = {}
@@ -85,7 +76,7 @@ def test_queries_and_keys_are_the_layers_own(adapter):
     assert len(is_visual) + labels.shape[1] == keys.shape[2]
 
 
-def test_lookup_loss_is_learnt(adapter):
+def test_lookup_loss_is_learnt():
     """Twenty steps on one batch with the look-up loss alone move the answer position's attention
     onto the evidence: from about the evidence's share of the visual tokens to over 20 times it."""
     from vidqa.synth.model import build_model_and_processor
@@ -113,7 +104,8 @@ def test_lookup_loss_is_learnt(adapter):
     assert logs[-1]["evidence_attention"] > 20 * share, logs[-1]  # measured 0.24 against a share of 0.0075
 
 
-def test_rows_naming_nothing_give_no_loss(adapter):
+def test_rows_naming_nothing_give_no_loss(synth_adapter):
+    adapter = synth_adapter
     batch = _batch()
     for questions in batch["qa"]:
         for q in questions:
@@ -126,7 +118,8 @@ def test_rows_naming_nothing_give_no_loss(adapter):
     assert TOKEN_GRID == (4, 8)
 
 
-def test_option_spans_find_each_options_letter_and_text(adapter):
+def test_option_spans_find_each_options_letter_and_text(synth_adapter):
+    adapter = synth_adapter
     from vidqa.mcq import MC_ANSWER_PREFIX, format_mc_question
 
     tok = adapter.tokenizer

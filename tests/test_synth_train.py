@@ -11,15 +11,6 @@ from vidqa.synth.train import (HEIGHT, WIDTH, batch_logits, blur_clips, letter_h
 from vidqa.synth.train_data import DESCRIBE, ClipBatches, batch_layout, make_clip
 
 
-@pytest.fixture(scope="module")
-def synth_adapter():
-    from vidqa.synth.model import build_model_and_processor
-    from vidqa.vlm.qwen2_5_vl import Qwen2_5_VLAdapter
-
-    model, processor = build_model_and_processor(seed=0)
-    return Qwen2_5_VLAdapter(model, processor, "synth-tiny")
-
-
 def _small_batch(chunks=2, clips=2, seed=3):
     layout = dict(batch_layout(random.Random(seed)), chunks=chunks)
     items = [make_clip(100 + i, chunks, layout["offset"]) for i in range(clips)]
