@@ -119,18 +119,26 @@ def test_leaving_a_parallel_read_early_ends_its_threads_and_closes_its_files(tmp
     assert open_fds_to(path) == 0
 
 
-def test_a_stalled_worker_raises_stalled(tmp_path, monkeypatch):
-    path = sparse_video(tmp_path)
-    release, count, lock, stuck_in = threading.Event(), [0], threading.Lock(), []
+def _at_the_40th_frame(action):
+    """(a per-frame hook that runs ``action`` on the 40th decoded frame of any thread, the names of
+    the threads it ran in): a decoder that stalls or fails part-way."""
+    count, lock, threads = [0], threading.Lock(), []
 
-    def stall_at_the_40th_frame():
+    def hook():
         with lock:
             count[0] += 1
-            stuck = count[0] == 40
-        if stuck:
-            stuck_in.append(threading.current_thread().name)
-            release.wait(30)
+            hit = count[0] == 40
+        if hit:
+            threads.append(threading.current_thread().name)
+            action()
 
+    return hook, threads
+
+
+def test_a_stalled_worker_raises_stalled(tmp_path, monkeypatch):
+    path = sparse_video(tmp_path)
+    release = threading.Event()
+    stall_at_the_40th_frame, stuck_in = _at_the_40th_frame(lambda: release.wait(30))
     _patch_decode(monkeypatch, stall_at_the_40th_frame)
     before = _decode_threads()
     got, t0 = [], time.perf_counter()
@@ -145,16 +153,10 @@ def test_a_stalled_worker_raises_stalled(tmp_path, monkeypatch):
 
 def test_a_failing_worker_is_a_project_error_after_the_frames_before_it(tmp_path, monkeypatch):
     path = sparse_video(tmp_path)
-    count, lock, failed_in = [0], threading.Lock(), []
+    def boom():
+        raise RuntimeError("boom")
 
-    def fail_at_the_40th_frame():
-        with lock:
-            count[0] += 1
-            fail = count[0] == 40
-        if fail:
-            failed_in.append(threading.current_thread().name)
-            raise RuntimeError("boom")
-
+    fail_at_the_40th_frame, failed_in = _at_the_40th_frame(boom)
     _patch_decode(monkeypatch, fail_at_the_40th_frame)
     before = _decode_threads()
     got = []

@@ -220,6 +220,7 @@ def option_loss(capture: LookupCapture, adapter, batch: dict, labels: torch.Tens
                               video_length)
     return loss, {"option_attention": on.detach().mean()}
 
+
 def readout_loss(capture: LookupCapture, lm_head, labels: torch.Tensor, tasks: list) -> torch.Tensor | None:
     """Cross-entropy of each open-ended row's first answer token read from the look-up layer's
     output at the answer position, through the model's own final norm and (tied) output head --

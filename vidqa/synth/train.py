@@ -53,7 +53,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from vidqa.synth.lookup_loss import LookupCapture, lookup_loss, option_loss, readout_loss
+from vidqa.synth.lookup_loss import LookupCapture, answer_positions, lookup_loss, option_loss, readout_loss
 from vidqa.synth.questions import TASKS
 from vidqa.synth.token_labels import CLASSES, FIELDS, IGNORE
 from vidqa.synth.train_data import CHUNK, ClipBatches, pick_questions
@@ -240,10 +240,10 @@ def letter_hits(logits, labels, rows, adapter) -> list[tuple[str, str, bool]]:
     """(kind, task, correct?) per multiple-choice row (``mc`` and ``hint``): is the answer's letter
     the argmax among a-d at the answer's first position? One host transfer for the whole batch."""
     letters = torch.tensor([adapter.tokenizer.convert_tokens_to_ids(c) for c in "abcd"], device=logits.device)
-    first = (labels != -100).int().argmax(dim=1)  # [R] the letter's position
+    before = answer_positions(labels)  # [R] the position that predicts the letter
     rows_idx = torch.arange(len(rows), device=logits.device)
-    scores = logits[rows_idx, (first - 1).clamp(min=0)][:, letters]  # [R, 4]
-    hit = (letters[scores.argmax(dim=1)] == labels[rows_idx, first]).tolist()
+    scores = logits[rows_idx, before][:, letters]  # [R, 4]
+    hit = (letters[scores.argmax(dim=1)] == labels[rows_idx, before + 1]).tolist()
     return [(qa.kind, qa.task, ok) for qa, ok in zip(rows, hit) if qa.kind in ("mc", "hint")]
 
 
@@ -421,7 +421,9 @@ def main(argv=None) -> int:
     log = open(out / "train_log.jsonl", "a")
     step, total, warmup = 0, args.steps or 10**9, 50 if args.resume else 300
     skipped, last_ckpt, t_steps = 0, time.time(), None
-    lookup_logs: dict[str, list] = {"near": [], "far": [], "share": [], "option": []}  # evidence attention since the last log
+    # attention on the evidence and on the correct option, per step since the last log line
+    lookup_logs: dict[str, list] = {k: [] for k in ("evidence_attention_near", "evidence_attention_far",
+                                                    "evidence_share", "option_attention")}
     pick_rng, waited, t_wait = random.Random(args.seed), 0.0, time.time()
 
     def batches():
@@ -451,22 +453,21 @@ def main(argv=None) -> int:
                                                          return_visual=True)
             loss = answer_loss = row_loss(logits, labels)
             probe_log = {}
-            if args.lookup_loss > 0:
+            if args.lookup_loss > 0 or args.option_loss > 0:
                 patch = processor.video_processor.patch_size
-                visual_mask = video_template(adapter, batch, (HEIGHT // patch, WIDTH // patch))[1]
+                visual_mask = video_template(adapter, batch, (HEIGHT // patch, WIDTH // patch))[1]  # [Lv]
+            if args.lookup_loss > 0:
                 look, look_log = lookup_loss(capture, batch, labels, tasks, visual_mask)
                 if look is not None:
                     loss = loss + args.lookup_loss * look
-                    far = "far" if batch["gap"] or batch["question_gap"] or any(batch["chunk_gaps"]) else "near"
-                    lookup_logs[far].append(look_log["evidence_attention"])
-                    lookup_logs["share"].append(look_log["evidence_share"])
+                    far = batch["gap"] or batch["question_gap"] or any(batch["chunk_gaps"])
+                    lookup_logs["evidence_attention_" + ("far" if far else "near")].append(look_log["evidence_attention"])
+                    lookup_logs["evidence_share"].append(look_log["evidence_share"])
             if args.option_loss > 0:
-                patch = processor.video_processor.patch_size
-                video_length = len(video_template(adapter, batch, (HEIGHT // patch, WIDTH // patch))[1])
-                pick, pick_log = option_loss(option_capture, adapter, batch, labels, tasks, video_length)
+                pick, pick_log = option_loss(option_capture, adapter, batch, labels, tasks, len(visual_mask))
                 if pick is not None:
                     loss = loss + args.option_loss * pick
-                    lookup_logs["option"].append(pick_log["option_attention"])
+                    lookup_logs["option_attention"].append(pick_log["option_attention"])
             read = readout_loss(capture, model.lm_head, labels, tasks) if args.readout_loss > 0 else None
             if read is not None:
                 loss = loss + args.readout_loss * read
@@ -488,10 +489,7 @@ def main(argv=None) -> int:
             hits = letter_hits(logits.detach(), labels, tasks, adapter)
             mc = [ok for kind, _, ok in hits if kind == "mc"]
             hint = [ok for kind, _, ok in hits if kind == "hint"]
-            names = {"near": "evidence_attention_near", "far": "evidence_attention_far", "share": "evidence_share",
-                     "option": "option_attention"}
-            looked = {names[k]:
-                      round(float(torch.stack(v).mean()), 4) for k, v in lookup_logs.items() if v}
+            looked = {k: round(float(torch.stack(v).mean()), 4) for k, v in lookup_logs.items() if v}
             lookup_logs = {k: [] for k in lookup_logs}
             row = {"step": step, "of": total if total < 10**9 else None, "loss": round(float(answer_loss.detach()), 4),
                    **{k: round(float(v), 4) if torch.is_tensor(v) else v for k, v in probe_log.items()}, **looked,
