@@ -30,8 +30,11 @@ class GridRecord:
     ``segment_starts``: grid ``t`` of the segment starts the temporal reducer found in this chunk;
     ``keys`` float32 ``[G, L, Hkv, Dh]``: each grid's mean visual key per layer and KV head, the
     representatives block retrieval scores (ReKV's per-frame mean keys rather than one mean per block:
-    :mod:`vidqa.memory.retrieve`). About ``4 (D + L Hkv Dh)`` bytes per grid plus 8 per token, against
-    tens of KiB of KV per token.
+    :mod:`vidqa.memory.retrieve`); ``distinct_keys`` float32 ``[M, L, Hkv, Dh]`` with ``distinct_grid``
+    int64 ``[M]`` (the row in ``t`` of each): per grid the few visual keys farthest from its mean
+    (:meth:`most_distinct`), which retrieval scores beside the mean, because a small thing on screen
+    (a few tokens of a grid) hardly moves the mean. About ``4 (D + (1 + m) L Hkv Dh)`` bytes per grid
+    plus 8 per token, against tens of KiB of KV per token.
     """
 
     t: torch.Tensor
@@ -41,11 +44,14 @@ class GridRecord:
     entry_t: torch.Tensor
     segment_starts: list[int] = field(default_factory=list)
     keys: torch.Tensor | None = None  # None for records built without the KV (hand-made blocks)
+    distinct_keys: torch.Tensor | None = None
+    distinct_grid: torch.Tensor | None = None
 
     @staticmethod
-    def of(tokens: VisualTokens, visual_keys: torch.Tensor | None = None) -> "GridRecord":
+    def of(tokens: VisualTokens, visual_keys: torch.Tensor | None = None, distinct: int = 0) -> "GridRecord":
         """The record of a chunk's (reduced) tokens, in the order ingest stores them; with the chunk's
-        ``visual_keys`` ``[L, Hkv, num_visual, Dh]`` (same order), also each grid's mean key."""
+        ``visual_keys`` ``[L, Hkv, num_visual, Dh]`` (same order), also each grid's mean key and its
+        ``distinct`` most distinct keys."""
         groups = tokens.frame_groups()
         # tokens keep frame-major order, so a grid's first token carries its first frame
         first = torch.tensor([int(g[0]) for g in groups], dtype=torch.long)
@@ -59,7 +65,10 @@ class GridRecord:
             segment_starts=[int(s) for s in tokens.extra.get("segment_starts", [])],
         )
         if visual_keys is not None:
-            record.keys = record.mean_keys(visual_keys)
+            means = record._grid_means(visual_keys)
+            record.keys = means.permute(2, 0, 1, 3).contiguous().cpu()
+            if distinct and visual_keys.shape[2]:
+                record.distinct_keys, record.distinct_grid = record.most_distinct(visual_keys, means, distinct)
         return record
 
     @property
@@ -75,11 +84,42 @@ class GridRecord:
     def mean_keys(self, keys: torch.Tensor) -> torch.Tensor:
         """The block's visual ``keys [L, Hkv, num_visual, Dh]`` (entry order) averaged per grid ->
         float32 ``[G, L, Hkv, Dh]`` on the host."""
+        return self._grid_means(keys).permute(2, 0, 1, 3).contiguous().cpu()
+
+    def _grid_means(self, keys: torch.Tensor) -> torch.Tensor:
+        """float32 ``[L, Hkv, G, Dh]`` on ``keys``' device: each grid's mean of ``keys [L, Hkv, n, Dh]``."""
         owner = self.entry_grid.to(keys.device)
         sums = torch.zeros(*keys.shape[:2], self.t.numel(), keys.shape[-1], device=keys.device, dtype=torch.float32)
         sums.index_add_(2, owner, keys.float())
         counts = self.counts.clamp(min=1).to(sums.device, sums.dtype)
-        return (sums / counts.view(1, 1, -1, 1)).permute(2, 0, 1, 3).contiguous().cpu()
+        return sums / counts.view(1, 1, -1, 1)
+
+    def most_distinct(self, keys: torch.Tensor, means: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per grid, the ``count`` visual entries whose keys lie farthest from the grid's mean key (at
+        most all but one of the grid's entries: the mean stands for the rest).
+
+        ``keys [L, Hkv, n, Dh]`` in entry order, ``means [L, Hkv, G, Dh]`` (:meth:`_grid_means`). The
+        distance is relative to the mean key's norm, averaged over layers and KV heads, so that no
+        layer's scale dominates. Returns their keys float32 ``[M, L, Hkv, Dh]`` and grid rows int64
+        ``[M]`` on the host, grid by grid.
+
+        Why: the exp of a mean dot product is a lower bound on the mean exp (Jensen), loose exactly when
+        one of the grid's tokens differs from the rest -- the needle. Keeping the outliers beside the
+        mean, as ClusterKV (Liu et al. 2024) keeps several centroids per semantic cluster, lets
+        retrieval see them question-agnostically and at ``count`` keys per grid.
+        """
+        owner = self.entry_grid.to(keys.device)
+        centre = means[:, :, owner]  # [L, Hkv, n, Dh]
+        dist = ((keys.float() - centre).norm(dim=-1) / centre.norm(dim=-1).clamp(min=1e-6)).mean(dim=(0, 1))
+        # entries grouped by grid (stable), farthest first within each grid
+        by_dist = torch.argsort(dist, descending=True, stable=True)
+        order = by_dist[torch.argsort(owner[by_dist], stable=True)]
+        sizes = torch.bincount(owner, minlength=self.t.numel())
+        starts = torch.cumsum(sizes, 0) - sizes
+        rank = torch.arange(order.numel(), device=keys.device) - starts[owner[order]]
+        take = order[rank < (sizes[owner[order]] - 1).clamp(max=count)]
+        picked = keys[:, :, take].float().permute(2, 0, 1, 3).contiguous().cpu()
+        return picked, owner[take].cpu()
 
 
 @dataclass

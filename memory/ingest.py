@@ -119,7 +119,7 @@ class StreamingIngest:
             t_end=float(t_end),
             frames=torch.unique(tokens.frame).cpu(),
             tokens_before_reduction=layout.num_tokens,
-            grids=GridRecord.of(tokens, visual_keys),
+            grids=GridRecord.of(tokens, visual_keys, self.config.distinct_keys),
         )
         self.blocks.append(block)
         self.position = block.end

@@ -5,10 +5,11 @@ Layout of one saved memory (a folder)::
     <dir>/manifest.json    format version, model, video fingerprint, config key, per-block metadata,
                            sha256 and byte size of kv.safetensors
     <dir>/kv.safetensors   sinks and every block's keys/values/summary/visual mask/frames and its
-                           grid record (``b<i>.g.*``: grid t, frame, time, mean embedding, per-entry t, mean keys)
+                           grid record (``b<i>.g.*``: grid t, frame, time, mean embedding, per-entry t, mean keys,
+                           most distinct keys and their grids)
 
 Format 2 added the grid records (the question-aware budget scores them at ask time), format 3 their
-mean keys (what block retrieval scores); an older memory is refused like any stale one and rebuilt
+mean keys (what block retrieval scores), format 4 their most distinct keys; an older memory is refused like any stale one and rebuilt
 by the caller.
 
 Writes go to a temporary folder beside the target and are moved into place with one
@@ -34,8 +35,9 @@ from vidqa.errors import CacheError
 from vidqa.memory.blocks import GridRecord, KVBlock, VideoMemory
 from vidqa.memory.storage import StoredKV
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 GRID_FIELDS = ("t", "frame", "time", "embeds", "entry_t")
+KEY_FIELDS = ("keys", "distinct_keys", "distinct_grid")  # optional: absent from hand-built records
 MANIFEST, TENSORS = "manifest.json", "kv.safetensors"
 
 
@@ -63,8 +65,9 @@ def save_memory(memory: VideoMemory, target: Path) -> Path:
                     t_start=b.t_start, t_end=b.t_end, tokens_before_reduction=b.tokens_before_reduction)
         if b.grids is not None:
             tensors.update({f"b{i}.g.{name}": getattr(b.grids, name).contiguous() for name in GRID_FIELDS})
-            if b.grids.keys is not None:
-                tensors[f"b{i}.g.keys"] = b.grids.keys.contiguous()
+            for name in KEY_FIELDS:
+                if getattr(b.grids, name) is not None:
+                    tensors[f"b{i}.g.{name}"] = getattr(b.grids, name).contiguous()
             meta["segment_starts"] = list(b.grids.segment_starts)
         blocks_meta.append(meta)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
@@ -115,7 +118,8 @@ def load_memory(source: Path, expect: dict | None = None) -> VideoMemory:
                 start=m["start"], end=m["end"], t_start=m["t_start"], t_end=m["t_end"],
                 frames=t[f"b{i}.frames"], tokens_before_reduction=m["tokens_before_reduction"],
                 grids=GridRecord(**{name: t[f"b{i}.g.{name}"] for name in GRID_FIELDS},
-                                 segment_starts=m["segment_starts"], keys=t.get(f"b{i}.g.keys"))
+                                 segment_starts=m["segment_starts"],
+                                 **{name: t.get(f"b{i}.g.{name}") for name in KEY_FIELDS})
                 if "segment_starts" in m else None))
         return VideoMemory(
             sink_keys=t["sink.k"], sink_values=t["sink.v"], blocks=blocks,

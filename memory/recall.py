@@ -1,6 +1,7 @@
 """Per-question recall: from a `VideoMemory` to the KV cache the question is answered over.
 
-1. Score every block against the question (:mod:`.retrieve`). The question's queries come from a
+1. Score every block against the question (:mod:`.retrieve`; by default the attention its grids'
+   representatives would draw). The question's queries come from a
    cheap pass of the question over the sinks and the newest blocks -- the same context a chunk
    sees during ingest -- captured from the attention layers' own projections.
 2. Keep the best blocks within the visual-token budget, bring them back to the device. With a
@@ -86,7 +87,7 @@ def recall(adapter: VLMAdapter, memory: VideoMemory, question_embeds: torch.Tens
         chosen, scores = sorted(budgeted), plan.scores
     else:
         if queries is not None:
-            scores = score_blocks(queries, blocks, memory.retrieval_cache)
+            scores = score_blocks(queries, blocks, memory.retrieval_cache, config.retrieval)
         chosen = list(range(len(blocks))) if everything_fits else select_blocks(
             scores, blocks, config.token_budget, config.first_blocks, config.recent_blocks)
 

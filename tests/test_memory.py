@@ -99,8 +99,8 @@ def test_ingest_keeps_each_grids_mean_visual_key(qwen_adapter):
 
 
 def test_retrieval_scores_a_block_by_its_best_grid():
-    """A moment that fills one grid of eight decides its block's score, although the block's mean key
-    (diluted by seven ordinary grids) loses to a block that is a little closer everywhere."""
+    """A moment that fills one grid of eight decides its block's score under both scores, although the
+    block's mean key (diluted by seven ordinary grids) loses to a block a little closer everywhere."""
     from vidqa.memory.blocks import GridRecord, KVBlock
     from vidqa.memory.retrieve import score_blocks
     from vidqa.memory.storage import StoredKV
@@ -123,13 +123,108 @@ def test_retrieval_scores_a_block_by_its_best_grid():
     queries = [needle[l].repeat_interleave(hq // hkv, 0)[:, None, :].expand(hq, 3, dh) for l in range(layers)]
     means = [b.summary for b in blocks]
     assert max(range(3), key=lambda i: float((means[i] * needle).sum())) == 1  # the mean alone picks block 1
-    assert int(score_blocks(queries, blocks).argmax()) == 0
+    for method in ("mass", "mean"):
+        assert int(score_blocks(queries, blocks, method=method).argmax()) == 0, method
     cache = {}
     first = score_blocks(queries, blocks, cache)
-    gathered = cache["keys"]
-    assert torch.equal(score_blocks(queries, blocks, cache), first) and cache["keys"] is gathered  # reused
+    gathered = cache["mass"][1]
+    assert torch.equal(score_blocks(queries, blocks, cache), first) and cache["mass"][1] is gathered  # reused
+    assert not torch.equal(score_blocks(queries, blocks, cache, "mean"), first)  # a second method: its own entry
     blocks[0].grids = None  # without grid keys a block falls back to its summary
-    assert int(score_blocks(queries, blocks).argmax()) == 1
+    for method in ("mass", "mean"):
+        assert int(score_blocks(queries, blocks, method=method).argmax()) == 1, method
+
+
+def _needle_chunk(n: int, dh: int, layers: int, hkv: int, needle: torch.Tensor | None, seed: int):
+    """Visual keys ``[L, Hkv, n, Dh]`` of one 2-grid chunk: shared background plus noise, and, with
+    ``needle``, one token of grid 1 replaced by it."""
+    g = torch.Generator().manual_seed(seed)
+    background = torch.ones(layers, hkv, 1, dh)
+    keys = background + 0.05 * torch.randn(layers, hkv, n, dh, generator=g)
+    if needle is not None:
+        keys[:, :, n - 3] = needle
+    return keys
+
+
+def test_distinct_keys_keep_the_outlier_of_each_grid():
+    """``most_distinct`` returns, per grid, the entries farthest from the grid's mean, at most all but one."""
+    from vidqa.memory.blocks import GridRecord
+
+    layers, hkv, dh, n = 2, 2, 8, 12
+    needle = -3 * torch.ones(layers, hkv, dh)
+    keys = _needle_chunk(n, dh, layers, hkv, needle, 0)
+    entry_t = torch.tensor([4] * 6 + [5] * 6)
+    record = GridRecord(t=torch.tensor([4, 5]), frame=torch.tensor([0, 2]), time=torch.zeros(2).double(),
+                        embeds=torch.zeros(2, 3), entry_t=entry_t)
+    means = record._grid_means(keys)
+    picked, grid = record.most_distinct(keys, means, 1)
+    assert grid.tolist() == [0, 1] and picked.shape == (2, layers, hkv, dh)
+    torch.testing.assert_close(picked[1], needle)  # grid 1's outlier is the needle
+    picked, grid = record.most_distinct(keys, means, 10)
+    assert grid.tolist() == [0] * 5 + [1] * 5  # never the whole grid: the mean stands for one entry at least
+    single = GridRecord(t=torch.tensor([0]), frame=torch.tensor([0]), time=torch.zeros(1).double(),
+                        embeds=torch.zeros(1, 3), entry_t=torch.tensor([0]))
+    picked, grid = single.most_distinct(keys[:, :, :1], single._grid_means(keys[:, :, :1]), 2)
+    assert picked.shape[0] == 0 and grid.numel() == 0
+
+
+def test_mass_retrieval_finds_one_needle_token_the_mean_keys_miss():
+    """Twenty blocks whose grids look alike; one token of block 7 is the thing the question asks about,
+    and block 12 is a little closer to the question in all its tokens. The mean-key score picks block
+    12; the attention mass over mean and distinct keys picks block 7, as full attention does."""
+    from vidqa.kernels.block_score import attention_mass
+    from vidqa.memory.blocks import GridRecord, KVBlock
+    from vidqa.memory.retrieve import score_blocks
+    from vidqa.memory.storage import StoredKV
+
+    layers, hkv, dh, hq, n = 2, 2, 8, 4, 12
+    query_dir = torch.zeros(layers, hkv, dh)
+    query_dir[..., 0] = 1.0
+    needle = torch.ones(layers, hkv, dh)
+    needle[..., 0] = 12.0  # one token that the question's direction sees sharply
+    blocks, all_keys = [], []
+    for i in range(20):
+        keys = _needle_chunk(n, dh, layers, hkv, needle if i == 7 else None, i)
+        if i == 12:
+            keys[..., 0] += 2.5  # every token a little closer
+        entry_t = torch.tensor([2 * i] * 6 + [2 * i + 1] * 6)
+        record = GridRecord(t=torch.tensor([2 * i, 2 * i + 1]), frame=torch.tensor([2 * i, 2 * i + 1]),
+                            time=torch.zeros(2).double(), embeds=torch.zeros(2, 3), entry_t=entry_t)
+        means = record._grid_means(keys)
+        record.keys = means.permute(2, 0, 1, 3).contiguous()
+        record.distinct_keys, record.distinct_grid = record.most_distinct(keys, means, 2)
+        kv = StoredKV(keys.clone(), 16, torch.float32)
+        blocks.append(KVBlock(kv, kv, torch.ones(n, dtype=torch.bool), keys.mean(2), i * n, i * n + n,
+                              float(i), float(i + 1), torch.tensor([i]), n, grids=record))
+        all_keys.append(keys)
+    queries = [query_dir[l].repeat_interleave(hq // hkv, 0)[:, None, :].expand(hq, 2, dh) * 2 for l in range(layers)]
+    assert int(score_blocks(queries, blocks, method="mean").argmax()) == 12
+    mass = score_blocks(queries, blocks, method="mass")
+    assert int(mass.argmax()) == 7
+    # the reference: full attention over every token of the video, summed per block
+    every = torch.cat(all_keys, dim=2).permute(2, 0, 1, 3)  # [N, L, Hkv, Dh]
+    exact = attention_mass(torch.stack(queries), every).view(20, n).sum(1)
+    assert int(exact.argmax()) == 7 and abs(float(mass.sum()) - 1) < 1e-5
+
+
+def test_attention_mass_is_softmax_attention_summed():
+    """With one representative per entry and no weights, the mass is the attention itself, averaged
+    over layers, heads and question tokens; a log weight of log(n) counts an entry n times."""
+    from vidqa.kernels.block_score import attention_mass
+
+    torch.manual_seed(3)
+    layers, hq, hkv, lq, dh, r = 2, 4, 2, 3, 8, 10
+    q, keys = torch.randn(layers, hq, lq, dh), torch.randn(r, layers, hkv, dh)
+    expect = torch.zeros(r)
+    for l in range(layers):
+        k = keys[:, l].repeat_interleave(hq // hkv, 1).permute(1, 0, 2)  # [Hq, R, Dh]
+        expect += (q[l] @ k.transpose(1, 2) / dh ** 0.5).softmax(-1).sum(dim=(0, 1))
+    torch.testing.assert_close(attention_mass(q, keys), expect / (layers * hq * lq))
+    doubled = torch.cat([keys, keys[:1]])  # entry 0 twice == entry 0 with weight 2
+    twice = attention_mass(q, doubled)
+    weighted = attention_mass(q, keys, torch.tensor([2.0] + [1.0] * (r - 1)).log())
+    torch.testing.assert_close(weighted[0], twice[0] + twice[-1])
+    torch.testing.assert_close(weighted[1:], twice[1:-1])
 
 
 def test_select_blocks_meets_the_budget_exactly():

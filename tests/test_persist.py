@@ -53,7 +53,9 @@ def test_round_trip_is_exact(memory, tmp_path):
         assert torch.equal(a.values.unpack("cpu"), b.values.unpack("cpu"))
         assert torch.equal(a.visual, b.visual) and torch.equal(a.summary, b.summary)
         assert (a.start, a.end, a.t_start, a.t_end) == (b.start, b.end, b.t_start, b.t_end)
-        for name in ("t", "frame", "time", "embeds", "entry_t", "keys"):  # the grid record budget and retrieval read
+        assert len(b.grids.distinct_keys) > 0  # the default keeps distinct keys: they must come back too
+        for name in ("t", "frame", "time", "embeds", "entry_t", "keys", "distinct_keys", "distinct_grid"):
+            # the grid record budget and retrieval read
             x, y = getattr(a.grids, name), getattr(b.grids, name)
             assert x.dtype == y.dtype and torch.equal(x, y), name
     assert back.segment_starts == memory.segment_starts == [0, 3]
@@ -83,7 +85,7 @@ def test_stale_or_missing_manifest_is_detected(memory, tmp_path):
     with pytest.raises(CacheError, match="stale"):
         load_memory(tmp_path / "m", {"config_key": "other"})
     manifest = json.loads((tmp_path / "m" / MANIFEST).read_text())
-    for old in (1, 999):  # format 1 had no grid records: rebuilt, never half-used
+    for old in (1, 3, 999):  # format 1 had no grid records, 3 no distinct keys: rebuilt, never half-used
         manifest["format"] = old
         (tmp_path / "m" / MANIFEST).write_text(json.dumps(manifest))
         with pytest.raises(CacheError, match="format"):

@@ -45,6 +45,9 @@ class VideoConfig:
                f"decode_workers must be a positive integer, got {self.decode_workers!r}")
 
 
+RETRIEVAL_SCORES = ("mass", "mean")
+
+
 @dataclass
 class MemoryConfig:
     """Streaming memory (ingest) and recall (per question).
@@ -60,6 +63,10 @@ class MemoryConfig:
     ``token_budget``, is shared between the grids of the whole video by relevance, QuoTA).
     ``positions``: ``original`` keeps each block's ingest positions (ReKV); ``compact`` re-rotates the
     retrieved blocks so that they sit next to each other (InfLLM).
+    ``retrieval``: how blocks are scored (:mod:`vidqa.memory.retrieve`): ``mass``, the attention the
+    question's queries would pay each block's representatives (every grid's mean key and its
+    ``distinct_keys`` most distinct keys, kept at ingest); ``mean``, the mean scaled dot product
+    against each grid's mean key (ReKV).
     """
 
     window_chunks: int = 2
@@ -76,9 +83,14 @@ class MemoryConfig:
     # In-LLM pruning (PyramidDrop): "8:0.5,16:0.25" keeps 50% of the retrieved visual entries from
     # layer 8 on and 25% from layer 16 on, the ones the question attends to most. Empty: off.
     layer_keep: str = ""
+    retrieval: str = "mass"
+    distinct_keys: int = 2  # per grid, kept at ingest for retrieval
 
     def __post_init__(self):
         _check(self.window_chunks >= 0, "window_chunks must be >= 0")
+        _check(self.retrieval in RETRIEVAL_SCORES, f"retrieval must be one of {RETRIEVAL_SCORES}, got {self.retrieval!r}")
+        _check(isinstance(self.distinct_keys, int) and 0 <= self.distinct_keys <= 64,
+               f"distinct_keys must be an integer in [0, 64], got {self.distinct_keys!r}")
         _check(self.recurrent_tokens >= 0 and self.recurrent_capacity >= 0,
                "recurrent memory sizes must be >= 0")
         _check(self.kv_bits in (4, 8, 16), f"kv_bits must be 4, 8 or 16, got {self.kv_bits}")
@@ -105,7 +117,8 @@ class MemoryConfig:
         return out
 
 
-INGEST_MEMORY_FIELDS = ("window_chunks", "recurrent_tokens", "recurrent_capacity", "kv_bits", "group_size")
+INGEST_MEMORY_FIELDS = ("window_chunks", "recurrent_tokens", "recurrent_capacity", "kv_bits", "group_size",
+                        "distinct_keys")
 
 
 @dataclass

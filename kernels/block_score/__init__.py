@@ -1,13 +1,15 @@
 """Retrieval scores of KV blocks against a question: :func:`block_scores` (+ top-k).
 
 The Triton path covers ``reduce="mean"`` (the default used by :mod:`vidqa.memory.retrieve`);
-``"max"`` uses the reference.
+``"max"`` uses the reference. :func:`attention_mass` (``mass.py``) scores representatives by the
+softmax attention they would draw, what :mod:`vidqa.memory.retrieve` uses by default.
 """
 
 from __future__ import annotations
 
 import torch
 
+from vidqa.kernels.block_score.mass import attention_mass
 from vidqa.kernels.block_score.naive import block_scores_naive
 from vidqa.kernels.dispatch import use_triton
 
@@ -33,4 +35,4 @@ def block_scores(q: torch.Tensor, summary: torch.Tensor, topk: int | None = None
     return scores, torch.topk(scores, k).indices
 
 
-__all__ = ["block_scores"]
+__all__ = ["attention_mass", "block_scores"]
