@@ -60,7 +60,7 @@ def test_queries_and_keys_are_the_layers_own(synth_adapter):
             _, labels, tasks = batch_logits(adapter, batch, "cpu")
     finally:
         hook.remove()
-    _, is_visual, _, _ = video_template(adapter, batch, (8, 16))
+    _, is_visual, _, _, _ = video_template(adapter, batch, (8, 16))
     rows = torch.arange(len(tasks))
     pos = answer_positions(labels)
     q = cap.queries(rows, pos)  # [R, H, Dh]
@@ -87,7 +87,7 @@ def test_lookup_loss_is_learnt():
     model.train()
     lm = model.model.language_model
     batch = _batch(seed=6)
-    _, is_visual, _, _ = video_template(a, batch, (8, 16))
+    _, is_visual, _, _, _ = video_template(a, batch, (8, 16))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     logs = []
     for _ in range(20):
@@ -113,7 +113,7 @@ def test_rows_naming_nothing_give_no_loss(synth_adapter):
     lm = adapter.model.model.language_model
     with torch.no_grad(), LookupCapture(lm, 3) as cap:
         _, labels, tasks = batch_logits(adapter, batch, "cpu")
-    _, is_visual, _, _ = video_template(adapter, batch, (8, 16))
+    _, is_visual, _, _, _ = video_template(adapter, batch, (8, 16))
     assert lookup_loss(cap, batch, labels, tasks, is_visual) == (None, {})
     assert TOKEN_GRID == (4, 8)
 

@@ -78,7 +78,7 @@ def test_rows_over_a_shared_video_cache_equal_whole_sequences(synth_adapter):
     with torch.no_grad():
         logits, labels, tasks = batch_logits(a, batch, "cpu")
     frames = to_model_frames(batch["frames"])
-    ids, is_visual, positions, next_pos = video_template(a, batch, (8, 16))
+    ids, is_visual, positions, next_pos, _ = video_template(a, batch, (8, 16))
     q_ids, q_labels, q_pos, clip_of_row, _ = question_rows(a, batch, next_pos)
     assert torch.equal(q_labels, labels)
     for r in range(len(tasks)):
@@ -97,7 +97,7 @@ def test_layout_equals_streaming_ingest_prompt(synth_adapter):
     """The trainer's token ids around the chunks are the ones ingest feeds (prefix, <mm:ss>, markers)."""
     a = synth_adapter
     batch = dict(_small_batch(chunks=2), gap=0, chunk_gaps=[0, 0])
-    ids, is_visual, positions, _ = video_template(a, batch, (8, 16))
+    ids, is_visual, positions, _, _ = video_template(a, batch, (8, 16))
     expect = [a.tokenize(a.prompt_prefix())]
     for c in range(2):
         expect += [a.tokenize(a.chunk_open(batch["times"][16 * c])), torch.zeros(256, dtype=torch.long),

@@ -50,11 +50,15 @@ import random
 import time
 from pathlib import Path
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 
+from vidqa.config import MemoryConfig
 from vidqa.synth.lookup_loss import LookupCapture, answer_positions, lookup_loss, option_loss, readout_loss
 from vidqa.synth.questions import TASKS
+from vidqa.synth.streaming_prefill import streaming_prefill
 from vidqa.synth.token_labels import CLASSES, FIELDS, IGNORE
 from vidqa.synth.train_data import CHUNK, ClipBatches, pick_questions
 from vidqa.vlm.vision_attention import packed_vision_attention
@@ -120,20 +124,21 @@ def video_template(adapter, batch: dict, patch_hw: tuple[int, int]):
     (``patch_hw``: the frames' size in patches, before the 2x2 merge).
 
     Returns (ids ``[Lv]`` with text token ids and 0 at visual slots, visual mask ``[Lv]``, positions
-    ``[3, Lv]``, next free position).
+    ``[3, Lv]``, next free position, the chunk of each token int64 ``[Lv]``: -1 for the prompt prefix).
     """
-    ids, visual, positions, pos = [], [], [], 0
+    ids, visual, positions, chunk_of, pos = [], [], [], [], 0
     times = batch["times"]
 
-    def text(t: str):
+    def text(t: str, chunk: int):
         nonlocal pos
         tok = adapter.tokenize(t)
         ids.append(tok)
         visual.append(torch.zeros(len(tok), dtype=torch.bool))
         positions.append(adapter.text_positions(len(tok), pos))
+        chunk_of.append(torch.full((len(tok),), chunk, dtype=torch.long))
         pos += len(tok)
 
-    text(adapter.prompt_prefix())
+    text(adapter.prompt_prefix(), -1)
     grids = CHUNK // adapter.temporal_patch
     for c in range(batch["chunks"]):
         pos += batch["gap"] if c == 0 else batch["chunk_gaps"][c]
@@ -141,13 +146,14 @@ def video_template(adapter, batch: dict, patch_hw: tuple[int, int]):
         tokens = grids * (patch_hw[0] // adapter.merge) * (patch_hw[1] // adapter.merge)
         meta = adapter.token_metadata(torch.zeros(tokens, 1), (grids, *patch_hw), times[f0:f0 + CHUNK], f0)
         layout = adapter.chunk_layout(meta)
-        text(adapter.chunk_open(layout.t0))
+        text(adapter.chunk_open(layout.t0), c)
         ids.append(torch.zeros(len(meta), dtype=torch.long))
         visual.append(torch.ones(len(meta), dtype=torch.bool))
         positions.append(adapter.visual_positions(meta, layout, pos))
+        chunk_of.append(torch.full((len(meta),), c, dtype=torch.long))
         pos += layout.extent
-        text(adapter.chunk_close())
-    return torch.cat(ids), torch.cat(visual), torch.cat(positions, dim=1), pos
+        text(adapter.chunk_close(), c)
+    return torch.cat(ids), torch.cat(visual), torch.cat(positions, dim=1), pos, torch.cat(chunk_of)
 
 
 _ID_CACHE: dict[str, list[int]] = {}
@@ -185,10 +191,13 @@ def question_rows(adapter, batch: dict, start: int):
     return ids, labels, positions, torch.tensor(clip_of_row), tasks
 
 
-def batch_logits(adapter, batch: dict, device, augment: bool = False, generator=None, return_visual: bool = False):
+def batch_logits(adapter, batch: dict, device, augment: bool = False, generator=None, return_visual: bool = False,
+                 streaming: MemoryConfig | None = None):
     """Logits ``[R, Lq, V]`` of the question rows of ``batch`` and their labels ``[R, Lq]`` and tasks;
     with ``return_visual`` also the clips' visual tokens ``[B, T/2 * 4 * 8, D]`` (grid, row, column
-    order, as :func:`~vidqa.synth.token_labels.token_labels` lays its labels out)."""
+    order, as :func:`~vidqa.synth.token_labels.token_labels` lays its labels out). ``streaming``: the
+    video is prefilled as ingest with that configuration would (:mod:`vidqa.synth.streaming_prefill`),
+    else with full causal attention."""
     model = adapter.model
     frames = to_model_frames(batch["frames"].to(device, non_blocking=True), augment, generator)
     b, n_frames = frames.shape[:2]
@@ -201,12 +210,14 @@ def batch_logits(adapter, batch: dict, device, augment: bool = False, generator=
     with packed_vision_attention(model.model.visual):
         vis = model.model.visual(patchify(frames, adapter.processor).to(model.dtype), grid_thw=stacked)
     vis = vis.pooler_output if hasattr(vis, "pooler_output") else vis
-    ids, is_visual, positions, next_pos = video_template(adapter, batch, (int(grid[1]), int(grid[2])))
+    ids, is_visual, positions, next_pos, chunk_of = video_template(adapter, batch, (int(grid[1]), int(grid[2])))
     embed = model.get_input_embeddings()
     video = embed(ids.to(device)).unsqueeze(0).repeat(b, 1, 1)
     video[:, is_visual.to(device)] = vis.reshape(b, -1, vis.shape[-1]).to(video.dtype)
     lm = model.model.language_model
-    out = lm(inputs_embeds=video, position_ids=positions.unsqueeze(1).expand(3, b, -1).to(device), use_cache=True)
+    prefill = streaming_prefill(adapter, chunk_of, is_visual, streaming) if streaming is not None else nullcontext()
+    with prefill:
+        out = lm(inputs_embeds=video, position_ids=positions.unsqueeze(1).expand(3, b, -1).to(device), use_cache=True)
     q_ids, labels, q_pos, clip_of_row, tasks = question_rows(adapter, batch, next_pos)
     cache = out.past_key_values
     index = clip_of_row.to(device)
@@ -247,8 +258,10 @@ def letter_hits(logits, labels, rows, adapter) -> list[tuple[str, str, bool]]:
     return [(qa.kind, qa.task, ok) for qa, ok in zip(rows, hit) if qa.kind in ("mc", "hint")]
 
 
-def evaluate(adapter, device, batches: int, seed: int = 12345, workers: int = 0) -> dict:
-    """Held-out letter accuracy per task (seeds never used in training) and M-Avg over the tasks."""
+def evaluate(adapter, device, batches: int, seed: int = 12345, workers: int = 0,
+             streaming: MemoryConfig | None = None) -> dict:
+    """Held-out letter accuracy per task (seeds never used in training) and M-Avg over the tasks, the
+    video prefilled as :func:`batch_logits` does with ``streaming``."""
     hits: dict[str, list[bool]] = {t: [] for t in TASKS}
     hinted: list[bool] = []
     data = iter(torch.utils.data.DataLoader(ClipBatches(seed, held_out=True), batch_size=None, num_workers=workers,
@@ -257,7 +270,7 @@ def evaluate(adapter, device, batches: int, seed: int = 12345, workers: int = 0)
     with torch.no_grad():
         for _ in range(batches):
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
-                logits, labels, tasks = batch_logits(adapter, next(data), device)
+                logits, labels, tasks = batch_logits(adapter, next(data), device, streaming=streaming)
             for kind, task, ok in letter_hits(logits, labels, tasks, adapter):
                 (hits[task] if kind == "mc" else hinted).append(ok)
     adapter.model.train()
@@ -313,6 +326,25 @@ def save_weights(model, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     save_file(state, str(tmp))
     tmp.replace(path)
+
+
+def load_resume_weights(model, folder: Path) -> None:
+    """Loads a checkpoint (:func:`save_weights`) or an exported ``save_pretrained`` folder (the shipped
+    model: transformers saves it under its own key layout) into ``model``; every weight but the tied
+    head must be found, so that a resume never silently starts from scratch."""
+    if (folder / "config.json").exists():
+        from transformers import Qwen2_5_VLForConditionalGeneration
+
+        state = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).state_dict()
+    else:
+        from safetensors.torch import load_file
+
+        state = load_file(str(folder / "model.safetensors"))
+    missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    missing = [k for k in missing if k != "lm_head.weight"]
+    if missing or unexpected:
+        raise SystemExit(f"--resume {folder}: {len(missing)} weights missing (e.g. {missing[:2]}), "
+                         f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})")
 
 
 def save_pretrained(model, processor, folder: Path, info: dict) -> None:
@@ -387,7 +419,15 @@ def main(argv=None) -> int:
                     help="weight of the supervised attention to the correct option, one layer above the look-up (0: off)")
     ap.add_argument("--lookup-layer", type=int, default=3,
                     help="language-model layer whose answer-position attention the look-up loss supervises")
+    ap.add_argument("--prefill", choices=["streaming", "full"], default="streaming",
+                    help="clips prefilled as vidqa's ingest does (window and recurrent memory) or with full attention")
+    ap.add_argument("--window-chunks", type=int, default=MemoryConfig.window_chunks,
+                    help="ingest's window for --prefill streaming (default: vidqa's)")
+    ap.add_argument("--recurrent-tokens", type=int, default=MemoryConfig.recurrent_tokens,
+                    help="ingest's pooled entries per chunk for --prefill streaming (default: vidqa's)")
     args = ap.parse_args(argv)
+    streaming = MemoryConfig(window_chunks=args.window_chunks, recurrent_tokens=args.recurrent_tokens) \
+        if args.prefill == "streaming" else None
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -395,10 +435,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.resume:
-        from safetensors.torch import load_file
-
-        state = load_file(str(Path(args.resume) / "model.safetensors"))
-        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+        load_resume_weights(model, Path(args.resume))
     model.to(device).train()
     adapter = Qwen2_5_VLAdapter(model, processor, "synth-tiny")
     model.train()  # the adapter puts the model in eval mode
@@ -450,7 +487,7 @@ def main(argv=None) -> int:
                 LookupCapture(model.model.language_model, args.lookup_layer) as capture, \
                 LookupCapture(model.model.language_model, args.lookup_layer + 1) as option_capture:
             logits, labels, tasks, visual = batch_logits(adapter, batch, device, augment=True, generator=generator,
-                                                         return_visual=True)
+                                                         return_visual=True, streaming=streaming)
             loss = answer_loss = row_loss(logits, labels)
             probe_log = {}
             if args.lookup_loss > 0 or args.option_loss > 0:
@@ -509,14 +546,16 @@ def main(argv=None) -> int:
     train_s = time.time() - t_start
     save_weights(model, out / "model.safetensors")
     save_weights(probe, out / PROBE_FILE)
-    acc = evaluate(adapter, device, args.eval_batches, workers=min(args.workers, args.eval_batches))
+    acc = evaluate(adapter, device, args.eval_batches, workers=min(args.workers, args.eval_batches), streaming=streaming)
     info = {"steps": step, "schedule_steps": total if total < 10**9 else step,
             "text_warmup_steps": args.text_warmup_steps, "text_warmup_done": warm_done,
             "train_seconds": round(train_s, 1), "seed": args.seed,
             "resumed_from": args.resume, "lr": args.lr, "skipped_steps": skipped, "frames_per_batch": args.frames_per_batch,
             "questions_per_clip": args.questions_per_clip, "reuse": args.reuse, "token_loss": args.token_loss,
             "lookup_loss": args.lookup_loss, "lookup_layer": args.lookup_layer, "readout_loss": args.readout_loss,
-            "option_loss": args.option_loss, "rope_theta": model.config.text_config.rope_parameters["rope_theta"],
+            "option_loss": args.option_loss, "prefill": args.prefill,
+            "window_chunks": args.window_chunks if streaming else None,
+            "recurrent_tokens": args.recurrent_tokens if streaming else None, "rope_theta": model.config.text_config.rope_parameters["rope_theta"],
             "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "heldout_accuracy": acc}
     print(json.dumps(info), flush=True)
     log.write(json.dumps(info) + "\n")
