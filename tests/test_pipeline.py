@@ -46,6 +46,31 @@ def test_saved_memory_is_reused_by_a_new_process_object(qa, clip, qwen_adapter, 
     assert memory.stats.get("loaded_from_cache")
 
 
+def test_other_weights_under_the_same_name_do_not_reuse_a_memory(qa, clip, qwen_adapter, monkeypatch):
+    """A model retrained under the same name (the bundled model after a new stage) ingests again: the
+    saved memory's key includes the weights' fingerprint, which follows the weight files' bytes."""
+    from vidqa.vlm.loading import weights_fingerprint
+
+    qa.ingest(clip)
+    before = qa.memory_path(clip)
+    assert before.exists()
+    monkeypatch.setattr(qwen_adapter, "weights_id", "retrained")
+    fresh = VideoQA(model="tiny-random/qwen2_5_vl", config=qa.config, adapter=qwen_adapter)
+    assert fresh.memory_path(clip) != before
+    assert not fresh.ingest(clip).stats.get("loaded_from_cache")
+
+    folder = clip.parent / "model"
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"weights, stage 1")
+    (folder / "README.md").write_text("card")
+    first = weights_fingerprint(folder)
+    (folder / "README.md").write_text("another card")  # not weights: same fingerprint
+    assert weights_fingerprint(folder) == first
+    (folder / "model.safetensors").write_bytes(b"weights, stage 2")
+    assert weights_fingerprint(folder) != first
+
+
 def test_streaming_pieces_concatenate_to_the_answer(qa, clip):
     pieces = []
     answer = qa.ask(clip, "Describe.", stream=pieces.append)

@@ -33,6 +33,13 @@ def test_loads_with_plain_transformers_as_saved():
     assert "synthetic world only" in card and "M-Avg" in card
 
 
+def test_loaded_adapter_knows_its_weights(bundled):
+    """The saved-memory key includes the weights' fingerprint (a retrained stage ingests anew)."""
+    from vidqa.vlm.loading import weights_fingerprint
+
+    assert bundled.weights_id == weights_fingerprint(BUNDLED) and len(bundled.weights_id) == 16
+
+
 def test_held_out_clips_teacher_forced(bundled):
     """Three held-out batches (seeds no training run used): letter accuracy far above 25%, the
     needle found and read, and the lookup from a given answer to its letter mostly right.

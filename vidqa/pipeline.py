@@ -123,7 +123,9 @@ class VideoQA:
         return self._reducers
 
     def memory_path(self, video: Path, fingerprint: str | None = None) -> Path:
-        model_key = hashlib.sha256(self.model_name.encode()).hexdigest()[:12]
+        # the name and the weights: a model retrained under the same name must not reuse old memories
+        weights = getattr(self.adapter, "weights_id", "")
+        model_key = hashlib.sha256(f"{self.model_name}\0{weights}".encode()).hexdigest()[:12]
         fingerprint = fingerprint or video_fingerprint(video)
         return self.cache_dir / f"{fingerprint}-{model_key}-{self.config.ingest_key()}"
 

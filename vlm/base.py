@@ -50,6 +50,9 @@ class VLMAdapter(ABC):
 
     family: str = ""
     position_dims: int = 1
+    # Identifies the loaded weights beyond the name (``vidqa.vlm.loading.weights_fingerprint``, a hub
+    # commit); part of the saved-memory key. Empty for models built in memory.
+    weights_id: str = ""
 
     def __init__(self, model, processor, name: str):
         self.model = model.eval()

@@ -14,6 +14,7 @@ local copy.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -98,7 +99,33 @@ def load_adapter(name: str, device: str | None = None, dtype: torch.dtype | None
         raise ModelError(_load_failure(name, err)) from err
     if not device_map:
         model = model.to(device)
-    return adapter_class(family)(model, processor, name)
+    adapter = adapter_class(family)(model, processor, name)
+    adapter.weights_id = weights_fingerprint(path) if os.path.isdir(path) else \
+        str(getattr(model.config, "_commit_hash", None) or "")
+    return adapter
+
+
+SMALL_WEIGHTS = 64 << 20  # weight files up to this size are hashed whole; larger ones by size and mtime
+
+
+def weights_fingerprint(folder: str | Path) -> str:
+    """What identifies the weights in a local model folder, so that memories ingested with other
+    weights under the same name (a retrained bundled model, a folder overwritten) are not reused:
+    ``config.json`` and each weight file -- its bytes when small (the bundled model: ~20 ms), its
+    size and modification time when large (hashing 16 GB at every start would cost more than it
+    saves). A hub model is identified by its snapshot's commit instead (``load_adapter``)."""
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for f in sorted(folder.iterdir()):
+        if f.name != "config.json" and f.suffix not in (".safetensors", ".bin"):
+            continue
+        h.update(f.name.encode())
+        stat = f.stat()
+        if stat.st_size <= SMALL_WEIGHTS:
+            h.update(f.read_bytes())
+        else:
+            h.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
 
 
 def _family_of(path: str, name: str) -> str:
