@@ -243,3 +243,19 @@ def test_export_writes_a_loadable_folder_with_its_card(tmp_path):
     save_file({"nonsense": torch.zeros(1)}, str(ckpt / "model.safetensors"))
     with pytest.raises(ValueError, match="does not match"):
         export(ckpt, tmp_path / "bad")
+
+
+def test_count_target_clips_ask_the_counts_an_hour_gives():
+    """Random clips count 1-3; with count targets a 6-chunk clip shows some pair 4-6 times and asks
+    about it, and held-out batches (comparable across stages) never ask for targets."""
+    from vidqa.synth.train_data import COUNT_TARGETS_IN_CLIPS
+
+    counts = set()
+    for seed in range(20):
+        _, _, questions, _ = make_clip(seed, 6, 0.0, True, COUNT_TARGETS_IN_CLIPS)
+        counts |= {int(q.target[3:]) for q in questions if q.task == "count" and q.kind == "mc"}
+    assert max(counts) >= 5
+    rng = random.Random(0)
+    assert all(batch_layout(rng, held_out=True)["count_targets"] is None for _ in range(50))
+    train = [batch_layout(rng)["count_targets"] for _ in range(200)]
+    assert 60 < sum(t == COUNT_TARGETS_IN_CLIPS for t in train) < 140

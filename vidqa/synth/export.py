@@ -41,6 +41,10 @@ the question names (`--lookup-loss`), that layer should already carry the open a
 (`--readout-loss`), and layer 4 should attend to the correct option (`--option-loss`); see
 `vidqa/synth/lookup_loss.py`. Stages 6-7 (look-up loss alone) put 94% of the answer position's
 attention on the needle with findNeedle still at 37%; stage 8, with the other two, took it to 94%.
+From stage 9 each clip is prefilled as vidqa's streaming ingest prefills a video (`--prefill
+streaming`: every chunk sees the prompt, pooled entries of the chunks before its window and the last
+two chunks, not the whole clip; `vidqa/synth/streaming_prefill.py`), and the accuracy below is
+measured the same way.
 
 ## Accuracy
 Held-out synthetic clips (seeds above 10,000,000, never used in training), multiple choice,
@@ -73,9 +77,13 @@ AUX_LOSSES = {"token_loss": "token", "lookup_loss": "look-up", "readout_loss": "
 
 
 def _aux(stage: dict) -> str:
-    """The auxiliary loss weights a stage trained with, e.g. ``", losses token 0.5, look-up 0.5"``."""
+    """The auxiliary loss weights a stage trained with and how it prefilled its clips, e.g.
+    ``", losses token 0.5, look-up 0.5, streaming prefill (window 2)"``."""
     used = [f"{name} {stage[key]}" for key, name in AUX_LOSSES.items() if stage.get(key)]
-    return f", losses {', '.join(used)}" if used else ""
+    text = f", losses {', '.join(used)}" if used else ""
+    if stage.get("prefill") == "streaming":
+        text += f", streaming prefill (window {stage.get('window_chunks')})"
+    return text
 
 
 def model_card(model, info: dict, history: list[dict]) -> str:

@@ -45,12 +45,15 @@ def _r(x: float) -> float:
 
 def make_timeline(seed: int, duration: float, object_every: float = 9.0, card_every: float = 40.0,
                   scene_every: float = 60.0, needles: int | None = None,
-                  anomalies: int | None = None) -> Timeline:
+                  anomalies: int | None = None, count_targets: int | None = None) -> Timeline:
     """The script of a ``duration``-second video.
 
     ``object_every``, ``card_every`` and ``scene_every`` are mean seconds between starts of objects,
     cards and scenes. ``needles`` (default: 3, fewer below 24 s) and ``anomalies`` (default: one per
-    half hour, 1 to 4) override the counts of rare events.
+    half hour, 1 to 4) override the counts of rare events. ``count_targets``: (colour, shape) pairs
+    held back from the random objects and shown 1-6 times each, one per equal part of the video
+    (default: :data:`COUNT_TARGETS` in long videos, none in short ones; training clips ask for them
+    so that the model meets the counts an hour gives).
     """
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
@@ -80,7 +83,7 @@ def make_timeline(seed: int, duration: float, object_every: float = 9.0, card_ev
         if len(needle_objs) == n_needles and len(tl.anomalies) == n_anomalies:
             break
     tl.cards = _cards(rng, duration, card_every, tl.anomalies)
-    common = _common_objects(rng, duration, object_every, busy)
+    common = _common_objects(rng, duration, object_every, busy, count_targets)
     tl.objects = sorted(needle_objs + common, key=lambda o: (o.start, o.shape))
     return tl
 
@@ -215,7 +218,8 @@ def _cards(rng, duration: float, card_every: float, anomalies: list[Anomaly]) ->
     return [Card(w, _r(a), _r(b)) for w, (a, b) in zip(chosen, slots)]
 
 
-def _common_objects(rng, duration: float, object_every: float, busy: list) -> list[Appearance]:
+def _common_objects(rng, duration: float, object_every: float, busy: list,
+                    count_targets: int | None = None) -> list[Appearance]:
     slots, t = [], float(rng.uniform(1, max(1.5, object_every)))
     mean_gap = max(0.5, object_every - 5.5)  # 5.5 s: the mean crossing time
     while t + MIN_EVENT_S < duration:
@@ -230,9 +234,11 @@ def _common_objects(rng, duration: float, object_every: float, busy: list) -> li
         t = end + max(1.0, float(rng.exponential(mean_gap)))
     combos = [(c, s) for s in vocab.COMMON_SHAPES for c in vocab.COLOURS]
     assigned: list[tuple[str, str] | None] = [None] * len(slots)
-    if len(slots) > 3 * len(combos):
-        # Long video: hold some pairs back and show each 1-6 times, one per equal part of the video.
-        targets = [combos[i] for i in rng.permutation(len(combos))[:COUNT_TARGETS]]
+    if count_targets is None:
+        count_targets = COUNT_TARGETS if len(slots) > 3 * len(combos) else 0
+    if count_targets and len(slots) >= 6:
+        # Hold some pairs back and show each 1-6 times, one per equal part of the video.
+        targets = [combos[i] for i in rng.permutation(len(combos))[:count_targets]]
         for combo in targets:
             k = int(rng.integers(1, 7))
             for part in np.array_split(np.arange(len(slots)), k):

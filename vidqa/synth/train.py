@@ -12,7 +12,10 @@ support, rendered by CPU workers). On the device a step then
    vision tower with packed window attention (:mod:`vidqa.vlm.vision_attention`);
 3. lays each clip out exactly as vidqa's ingest does -- prompt prefix, then per 16-frame chunk its
    ``<mm:ss>`` timestamp and visual tokens at the adapter's own M-RoPE positions -- and prefills the
-   video **once per clip**, keeping its KV cache;
+   video **once per clip**, keeping its KV cache; with ``--prefill streaming`` (the default) each
+   chunk attends to what ingest shows it -- the prefix, pooled entries of chunks that left the
+   window, the last ``--window-chunks`` chunks -- not to the whole clip
+   (:mod:`vidqa.synth.streaming_prefill`, tested equal to ingest);
 4. answers every question of the clip as a separate row over that cache (as ``VideoQA.ask`` answers
    each question over the same memory), with the loss on the answer tokens, averaged per row so a
    long description weighs as much as one letter;
