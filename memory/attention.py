@@ -30,7 +30,6 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import causal_lower_right
 
 NAME = "vidqa_sdpa"
-_registered = False
 _BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
@@ -51,28 +50,39 @@ def bottom_right_sdpa(module, query, key, value, attention_mask=None, scaling=No
     return out.transpose(1, 2).contiguous(), None
 
 
-def _register() -> None:
-    global _registered
-    if _registered:
+_registered: set[str] = set()
+
+
+def _register(name: str, function) -> None:
+    """Registers ``function`` as transformers attention ``name``, with no mask of transformers' own
+    (the function masks itself); once per name."""
+    if name in _registered:
         return
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
-    AttentionInterface.register(NAME, bottom_right_sdpa)
-    AttentionMaskInterface.register(NAME, lambda *args, **kwargs: None)  # the function masks itself
-    _registered = True
+    AttentionInterface.register(name, function)
+    AttentionMaskInterface.register(name, lambda *args, **kwargs: None)
+    _registered.add(name)
 
 
 @contextmanager
-def bottom_right_attention(adapter):
-    """Within the block, ``adapter``'s language model attends with :func:`bottom_right_sdpa`."""
-    _register()
+def attention_implementation(adapter, name: str, function):
+    """Within the block, ``adapter``'s language model attends with ``function`` (registered as
+    ``name``); the previous implementation is restored afterwards, so that other users of the same
+    model keep theirs."""
+    _register(name, function)
     configs = {id(c): c for c in (adapter.model.config, adapter.text_config, adapter.language_model.config)}
     previous = {k: c._attn_implementation for k, c in configs.items()}
     try:
         for c in configs.values():
-            c._attn_implementation = NAME
+            c._attn_implementation = name
         yield
     finally:
         for k, c in configs.items():
             c._attn_implementation = previous[k]
+
+
+def bottom_right_attention(adapter):
+    """Within the ``with`` block, ``adapter``'s language model attends with :func:`bottom_right_sdpa`."""
+    return attention_implementation(adapter, NAME, bottom_right_sdpa)

@@ -81,11 +81,6 @@ class GridRecord:
         """Visual entries stored per grid, int64 ``[G]``."""
         return torch.bincount(self.entry_grid, minlength=self.t.numel())
 
-    def mean_keys(self, keys: torch.Tensor) -> torch.Tensor:
-        """The block's visual ``keys [L, Hkv, num_visual, Dh]`` (entry order) averaged per grid ->
-        float32 ``[G, L, Hkv, Dh]`` on the host."""
-        return self._grid_means(keys).permute(2, 0, 1, 3).contiguous().cpu()
-
     def _grid_means(self, keys: torch.Tensor) -> torch.Tensor:
         """float32 ``[L, Hkv, G, Dh]`` on ``keys``' device: each grid's mean of ``keys [L, Hkv, n, Dh]``."""
         owner = self.entry_grid.to(keys.device)

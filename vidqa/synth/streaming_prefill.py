@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from vidqa.config import MemoryConfig
+from vidqa.memory.attention import attention_implementation
 
 NAME = "vidqa_streaming_prefill"
-_registered = False
 _active: dict = {}  # the layout of the forward in progress (one at a time: training is single-threaded)
 
 
@@ -83,32 +83,14 @@ def _attention(module, query, key, value, attention_mask=None, scaling=None, dro
     return out.transpose(1, 2).contiguous(), None
 
 
-def _register() -> None:
-    global _registered
-    if _registered:
-        return
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
-
-    AttentionInterface.register(NAME, _attention)
-    AttentionMaskInterface.register(NAME, lambda *args, **kwargs: None)  # the function masks itself
-    _registered = True
-
-
 @contextmanager
 def streaming_prefill(adapter, chunk_of: torch.Tensor, visual: torch.Tensor, config: MemoryConfig):
     """Within the block, forwards of ``adapter``'s language model over the video laid out as
     ``chunk_of``/``visual`` (:func:`ingest_context`) attend as ingest with ``config`` would."""
-    _register()
     pool, mask = ingest_context(chunk_of, visual, config)
-    configs = {id(c): c for c in (adapter.model.config, adapter.text_config, adapter.language_model.config)}
-    previous = {k: c._attn_implementation for k, c in configs.items()}
     _active.update(pool=pool, mask=mask)
     try:
-        for c in configs.values():
-            c._attn_implementation = NAME
-        yield
+        with attention_implementation(adapter, NAME, _attention):
+            yield
     finally:
         _active.clear()
-        for k, c in configs.items():
-            c._attn_implementation = previous[k]
