@@ -26,6 +26,7 @@ Writes ``<out>/quality.md`` and ``<out>/quality.json``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import resource
 import statistics
@@ -38,7 +39,7 @@ from pathlib import Path
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality_evidence import needle_in_view  # noqa: E402
+from quality_evidence import count_in_view, needle_in_view  # noqa: E402
 from vidqa.app.evaluate import evaluate  # noqa: E402
 from vidqa.app.mlvu import load_mlvu  # noqa: E402
 from vidqa.config import MemoryConfig, VidqaConfig, VideoConfig  # noqa: E402
@@ -105,7 +106,10 @@ def run_variant(name: str, config: VidqaConfig, questions, model: str, adapter, 
     qa = Recorder(VideoQA(model=model, config=config, adapter=adapter))
     summary = evaluate(questions, qa, out, model=model, progress=False)
     rows = [json.loads(line) for line in (out / "samples_rank0.jsonl").read_text().splitlines() if line.strip()]
-    evidence = needle_in_view(rows, timelines, lambda video: sampled_times(config, video)) if timelines else {}
+    evidence = {}
+    if timelines:
+        times_of = functools.cache(lambda video: sampled_times(config, video))
+        evidence = {**needle_in_view(rows, timelines, times_of), **count_in_view(rows, timelines, times_of)}
     attended = [r["tokens"].get("visual_attended", 0) for r in rows if r.get("tokens")]
     latency = [r["timings"]["total"] for r in rows if r.get("timings")]
     # A resumed run whose answers were all journaled ingests nothing: its memory (saved, or made
@@ -138,16 +142,19 @@ def table(results: list[dict]) -> str:
     tasks = sorted({t for r in results for t in (r["tasks"] or {})})
     lines = ["Accuracy in % per task; replies no option could be read from count as wrong.", "",
              "| video | variant | " + " | ".join(tasks) + " | M-Avg | unparsed | needle in view | "
-             "findNeedle in view / out of view | visual tokens attended | ingest (s) | latency (s) | peak RSS (MiB) |",
-             "| --- " * (len(tasks) + 11) + "|"]
+             "findNeedle in view / out of view | count: all in view (appearances) | count in view / not | visual tokens attended | ingest (s) | latency (s) | peak RSS (MiB) |",
+             "| --- " * (len(tasks) + 13) + "|"]
     for r in results:
         acc = [f"{r['tasks'][t]:.0f}" if t in (r["tasks"] or {}) else "-" for t in tasks]
         m_avg = f"{r['m_avg']:.1f}" if r["m_avg"] is not None else "-"
         view = (f"{_pct(r.get('needle_in_view'))} of {r['needle_questions']}" if r.get("needle_questions") else "-")
         split = f"{_pct(r.get('needle_acc_in_view'))} / {_pct(r.get('needle_acc_out_of_view'))}"
+        count = (f"{_pct(r.get('count_all_in_view'))} of {r['count_questions']} ({_pct(r.get('count_appearances_in_view'))})"
+                 if r.get("count_questions") else "-")
+        count_split = f"{_pct(r.get('count_acc_all_in_view'))} / {_pct(r.get('count_acc_some_missing'))}"
         videos = f" x {r['videos']}" if r.get("videos", 1) > 1 else ""
         lines.append(f"| {r['minutes']:g} min{videos} | {r['variant']} | " + " | ".join(acc) +
-                     f" | {m_avg} | {r['unparsed']} | {view} | {split} | {r['visual_attended_median']:,} | {r['ingest_s']} | "
+                     f" | {m_avg} | {r['unparsed']} | {view} | {split} | {count} | {count_split} | {r['visual_attended_median']:,} | {r['ingest_s']} | "
                      f"{r['latency_median_s']} | {r['peak_rss_mib']} |")
     return "\n".join(lines)
 

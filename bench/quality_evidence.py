@@ -12,7 +12,10 @@ needle is (``timeline.json``), and each answer says which spans of the video the
 * a question's needle is *in view* if one of those frames lies inside the needle's interval.
 
 Reported per variant: the share of findNeedle questions with the needle in view, and the accuracy
-on the questions with and without it in view.
+on the questions with and without it in view. A count question needs every appearance of the
+(colour, shape) it names in view: :func:`count_in_view` reports the share of count questions that
+had all of them, the share of appearances in view over all count questions, and the accuracy with
+all of them in view and without.
 """
 
 from __future__ import annotations
@@ -28,6 +31,13 @@ def needle_interval(timeline, question: str) -> tuple[float, float] | None:
         if o.shape in vocab.RARE_SHAPES and f" {o.shape} " in f" {question} ":
             return o.start, o.end
     return None
+
+
+def count_intervals(timeline, question: str) -> list[tuple[float, float]]:
+    """``[start, end)`` (s) of every appearance of the (colour, shape) a count question names."""
+    padded = f" {question.rstrip('?')} "
+    return [(o.start, o.end) for o in timeline.objects
+            if o.shape in vocab.COMMON_SHAPES and f" {o.colour} {o.shape} " in padded]
 
 
 def frames_seen(frame_times: np.ndarray, spans) -> np.ndarray:
@@ -54,12 +64,39 @@ def needle_in_view(rows: list[dict], timelines: dict, frame_times_of) -> dict:
         if row["video"] not in times:
             times[row["video"]] = frame_times_of(row["video"])
         shown = frames_seen(times[row["video"]], row.get("spans") or [])
-        in_view = bool(((shown >= interval[0]) & (shown < interval[1])).any())
+        in_view = _in_view(shown, interval)
         seen.append(in_view)
         (hits_in if in_view else hits_out).append(bool(row.get("correct")))
+    return {"needle_questions": len(seen), "needle_in_view": _pct(seen),
+            "needle_acc_in_view": _pct(hits_in), "needle_acc_out_of_view": _pct(hits_out)}
 
-    def pct(values):
-        return round(100 * sum(values) / len(values), 1) if values else None
 
-    return {"needle_questions": len(seen), "needle_in_view": pct(seen),
-            "needle_acc_in_view": pct(hits_in), "needle_acc_out_of_view": pct(hits_out)}
+def _pct(values: list[bool]) -> float | None:
+    return round(100 * sum(values) / len(values), 1) if values else None
+
+
+def _in_view(shown: np.ndarray, interval: tuple[float, float]) -> bool:
+    return bool(((shown >= interval[0]) & (shown < interval[1])).any())
+
+
+def count_in_view(rows: list[dict], timelines: dict, frame_times_of) -> dict:
+    """Evidence recall over the count rows of ``rows`` (arguments as :func:`needle_in_view`)."""
+    complete, share, hits_all, hits_missing, times = [], [], [], [], {}
+    for row in rows:
+        if row.get("task") != "count" or row.get("video") not in timelines:
+            continue
+        intervals = count_intervals(timelines[row["video"]], row["question"])
+        if not intervals:
+            continue
+        if row["video"] not in times:
+            times[row["video"]] = frame_times_of(row["video"])
+        shown = frames_seen(times[row["video"]], row.get("spans") or [])
+        seen = [_in_view(shown, iv) for iv in intervals]
+        complete.append(all(seen))
+        share.append(sum(seen) / len(seen))
+        (hits_all if all(seen) else hits_missing).append(bool(row.get("correct")))
+    if not complete:
+        return {}
+    return {"count_questions": len(complete), "count_all_in_view": _pct(complete),
+            "count_appearances_in_view": round(100 * sum(share) / len(share), 1),
+            "count_acc_all_in_view": _pct(hits_all), "count_acc_some_missing": _pct(hits_missing)}

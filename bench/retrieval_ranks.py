@@ -1,4 +1,4 @@
-"""Does block retrieval find the needle? Ranks of a needle's block under each block score.
+"""Does block retrieval find the evidence? Ranks of the blocks showing it, under each block score.
 
     python bench/retrieval_ranks.py --model synth-tiny --minutes 60 --videos 6 --out /tmp/ranks
 
@@ -13,7 +13,9 @@ videos (the seeds of ``bench/quality.py``), the memory's blocks are scored again
   pay each block; the reference the representatives approximate, too costly for real model sizes).
 
 Reports, per score, how many needle blocks rank within the blocks the default budget retrieves, within
-the top 10 and top 3, and the median rank. Writes ``<out>/ranks.json``.
+the top 10 and top 3, and the median rank. A count question's evidence is every appearance of the
+(colour, shape) it names: per score, how many count questions have a block of every appearance
+within the budget, and the share of appearances that do. Writes ``<out>/ranks.json``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:
 
 import torch  # noqa: E402
 
-from quality_evidence import needle_interval  # noqa: E402
+from quality_evidence import count_intervals, needle_interval  # noqa: E402
 from vidqa.app.mlvu import load_mlvu  # noqa: E402
 from vidqa.config import VidqaConfig  # noqa: E402
 from vidqa.kernels.block_score import attention_mass  # noqa: E402
@@ -52,8 +54,17 @@ def exact_scores(queries, memory, device) -> torch.Tensor:
     return torch.zeros(len(memory.blocks)).scatter_add(0, owner, mass)
 
 
-def needle_ranks(qa, folder: Path) -> list[dict]:
-    """One row per findNeedle question of the video in ``folder``: its needle block's rank per score."""
+def evidence_intervals(q, timeline) -> list[tuple[float, float]]:
+    """``[start, end)`` (s) of what question ``q`` needs seen: its needle, or each counted appearance."""
+    if q.task == "findNeedle":
+        interval = needle_interval(timeline, q.question)
+        return [interval] if interval is not None else []
+    return count_intervals(timeline, q.question) if q.task == "count" else []
+
+
+def evidence_ranks(qa, folder: Path) -> list[dict]:
+    """One row per findNeedle and count question of the video in ``folder``: per score, the best rank
+    of a block showing each of its evidence intervals."""
     questions = load_mlvu(folder / "questions.json", video_root=folder)
     timeline = Timeline.from_json((folder / "timeline.json").read_text())
     memory = qa.ingest(questions[0].video)
@@ -61,32 +72,42 @@ def needle_ranks(qa, folder: Path) -> list[dict]:
     retrieved = mc.token_budget // max(1, max(b.num_visual for b in memory.blocks))
     rows = []
     for q in questions:
-        interval = needle_interval(timeline, q.question) if q.task == "findNeedle" else None
-        if interval is None:
+        intervals = evidence_intervals(q, timeline)
+        if not intervals:
             continue
-        needle = [i for i, b in enumerate(memory.blocks) if b.t_start < interval[1] and b.t_end > interval[0]]
+        showing = [[i for i, b in enumerate(memory.blocks) if b.t_start < end and b.t_end > start]
+                   for start, end in intervals]
         prompt = format_mc_question(q.question, q.candidates) if q.candidates else q.question
         ids = a.tokenize(a.prompt_conversation([], prompt, MC_ANSWER_PREFIX if q.candidates else ""))
         queries = question_queries(a, memory, a.embed_ids(ids), max(1, mc.recent_blocks))
-        row = {"video": folder.name, "question": q.question, "blocks": len(memory.blocks), "retrieved": retrieved}
+        row = {"video": folder.name, "task": q.task, "question": q.question, "blocks": len(memory.blocks),
+               "retrieved": retrieved}
         for name in SCORES:
             scores = exact_scores(queries, memory, a.device) if name == "exact" else \
                 score_blocks(queries, memory.blocks, memory.retrieval_cache, name)
             order = torch.argsort(scores, descending=True, stable=True)
             rank = torch.empty_like(order)
             rank[order] = torch.arange(len(order))
-            row[name] = int(min(rank[i] for i in needle))
+            ranks = [int(min(rank[i] for i in blocks)) for blocks in showing if blocks]
+            row[name] = ranks[0] if q.task == "findNeedle" else ranks
         rows.append(row)
     return rows
 
 
 def summary(rows: list[dict]) -> dict:
+    needles = [r for r in rows if r["task"] == "findNeedle"]
+    counts = [r for r in rows if r["task"] == "count"]
     out = {}
     for name in SCORES:
-        ranks = [r[name] for r in rows]
-        out[name] = {"within_budget": sum(r[name] < r["retrieved"] - 1 for r in rows),  # the newest block is forced
+        ranks = [r[name] for r in needles]
+        out[name] = {"within_budget": sum(r[name] < r["retrieved"] - 1 for r in needles),  # the newest block is forced
                      "top10": sum(x < 10 for x in ranks), "top3": sum(x < 3 for x in ranks),
                      "median_rank": statistics.median(ranks) if ranks else None, "questions": len(ranks)}
+        if counts:
+            inside = [[x < r["retrieved"] - 1 for x in r[name]] for r in counts]
+            out[name]["count"] = {"questions": len(counts), "all_within_budget": sum(all(i) for i in inside),
+                                  "appearances_within_budget": round(100 * sum(map(sum, inside)) /
+                                                                     max(1, sum(map(len, inside))), 1)}
     return out
 
 
@@ -108,7 +129,7 @@ def main(argv=None) -> int:
         folder = out / (f"video_{args.minutes:g}min" + (f"_{k}" if k else ""))
         if not (folder / "questions.json").exists():
             generate(folder, args.minutes * 60, args.seed + k, per_task=args.per_task)
-        rows += needle_ranks(qa, folder)
+        rows += evidence_ranks(qa, folder)
         print(json.dumps(summary(rows)), flush=True)
     result = {"model": args.model, "minutes": args.minutes, "summary": summary(rows), "rows": rows}
     (out / "ranks.json").write_text(json.dumps(result, indent=1) + "\n")

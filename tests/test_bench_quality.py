@@ -63,6 +63,31 @@ def test_needle_in_view_counts_the_frames_the_model_saw():
     assert needle_in_view(rows[:1], {v: tl}, lambda video: np.arange(0.0, 600.0, 3.0))["needle_in_view"] == 100.0
 
 
+def test_count_in_view_needs_every_appearance():
+    """A count question has its evidence in view only when a seen frame lies in every appearance of
+    the (colour, shape) it names; other shapes and colours are not its evidence."""
+    import numpy as np
+
+    from vidqa.synth.world import Appearance, Timeline
+
+    evidence = load_bench("quality_evidence")
+    blue = [Appearance("circle", "blue", "small", t, t + 4.0, 0.1, 0.5, 0.9, 0.5) for t in (10.0, 200.0, 400.0)]
+    others = [Appearance("circle", "red", "small", 300.0, 304.0, 0.1, 0.5, 0.9, 0.5),
+              Appearance("square", "blue", "small", 500.0, 504.0, 0.1, 0.5, 0.9, 0.5)]
+    tl = Timeline(seed=0, duration=600.0, objects=blue + others)
+    ask = "How many times did a blue circle appear in the video?"
+    assert evidence.count_intervals(tl, ask) == [(10.0, 14.0), (200.0, 204.0), (400.0, 404.0)]
+    v = "a/video.mp4"
+    rows = [{"video": v, "task": "count", "question": ask, "spans": [[0.0, 20.0], [190.0, 210.0], [396.0, 412.0]],
+             "correct": True},
+            {"video": v, "task": "count", "question": ask, "spans": [[0.0, 250.0]], "correct": False},
+            {"video": v, "task": "findNeedle", "question": ask, "spans": [], "correct": False}]
+    got = evidence.count_in_view(rows, {v: tl}, lambda video: np.arange(600.0))
+    assert got == {"count_questions": 2, "count_all_in_view": 50.0, "count_appearances_in_view": 83.3,
+                   "count_acc_all_in_view": 100.0, "count_acc_some_missing": 0.0}
+    assert evidence.count_in_view(rows[2:], {v: tl}, lambda video: np.arange(600.0)) == {}
+
+
 def test_several_videos_per_length_pool_their_questions(tmp_path):
     """--videos 2: two held-out videos (seeds s and s + 1) answered together, their questions and
     needle questions pooled in one row."""

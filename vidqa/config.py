@@ -29,7 +29,7 @@ class VideoConfig:
     chunk_frames: int = 16
     max_pixels: int | None = None  # None: the adapter's processor default
     decoder: str = "auto"
-    decode_workers: int | None = None  # decoders for sparse sampling; None: min(4, cores)
+    decode_workers: int | None = None  # decoders for sparse sampling, RGB converters for dense; None: min(4, cores)
 
     def __post_init__(self):
         _check(self.fps > 0, f"fps must be positive, got {self.fps}")
