@@ -89,6 +89,10 @@ def parse_args(argv=None):
                     help="run the native out-of-memory search as on a GPU of this much memory "
                          "(torch.cuda.set_per_process_memory_fraction)")
     ap.add_argument("--frame-pixels", type=int, default=448 * 448)
+    ap.add_argument("--read-pixels", type=int, default=None,
+                    help="scale frames to at most this many pixels while decoding, on the CPU (default: no: they "
+                         "leave the decoder at the file's size and the processor, on the GPU, resizes them to "
+                         "--frame-pixels, as vidqa's default --max-pixels does); both paths read alike")
     ap.add_argument("--chunk-frames", type=int, default=16)
     ap.add_argument("--kv-bits", type=int, default=8)
     ap.add_argument("--token-budget", type=int, default=8192)
@@ -187,6 +191,7 @@ class Run:
             "setup", device=self.device_name, model=name, dtype=str(dtype).removeprefix("torch."),
             torch=torch.__version__, transformers=transformers.__version__, python=platform.python_version(),
             video_size=f"{args.size[0]}x{args.size[1]}", frame_pixels=args.frame_pixels,
+            read_pixels=args.read_pixels,
             chunk_frames=args.chunk_frames, window_chunks=MemoryConfig.window_chunks, kv_bits=args.kv_bits,
             token_budget=args.token_budget, new_tokens=args.new_tokens, build_s=build_s,
             weights_gib=self.weights_gib, params=sum(p.numel() for p in self.model.parameters()),
@@ -198,7 +203,7 @@ class Run:
 
     def native(self, video: Path, num_frames: int) -> dict:
         with self.stock_vision:  # transformers' own tower, not vidqa's rewrites of it
-            return native_run(self.model, self.processor, self.args.family, video, num_frames, self.args.frame_pixels)
+            return native_run(self.model, self.processor, self.args.family, video, num_frames, self.args.read_pixels)
 
     # ---------------------------------------------------------------- measurements
     def measure_vidqa(self, m: float, reference: bool = False) -> dict:

@@ -28,13 +28,20 @@ def minutes_label(minutes: float) -> str:
     return f"{minutes:g} min"
 
 
+def _reading(setup: dict) -> str:
+    if setup.get("read_pixels", setup.get("frame_pixels")) is None:  # runs before --read-pixels scaled on the CPU
+        return (f"at full size and resized on the GPU by the processor to at most {setup['frame_pixels']:,} px, "
+                "whole merged patches (both paths)")
+    return (f"scaled to at most {setup.get('read_pixels', setup['frame_pixels']):,} px while decoding (both paths; "
+            f"the processor then resizes to at most {setup['frame_pixels']:,} px, whole merged patches)")
+
+
 def _header(setup: dict) -> list[str]:
     lines = [f"# vidqa on {setup.get('device', '?')}: {setup.get('model', '?')}, "
              f"random {setup.get('dtype', '')} weights", ""]
     if setup:
         lines += [f"torch {setup['torch']}, transformers {setup['transformers']}, Python {setup['python']}; "
-                  f"1 fps, frames decoded from the {setup['video_size']} file scaled to at most "
-                  f"{setup['frame_pixels']:,} px (both paths; the processor then rounds to whole merged patches), "
+                  f"1 fps, frames decoded from the {setup['video_size']} file {_reading(setup)}, "
                   f"chunks of {setup['chunk_frames']} frames, "
                   f"window {setup['window_chunks']} chunks, KV stored at {setup['kv_bits']} bits, "
                   f"{setup['token_budget']:,} visual tokens per question, {setup['new_tokens']} new tokens per answer. "

@@ -22,7 +22,7 @@ def vidqa_config(num_frames: int | None, args, workdir: Path):
     positions = "compact" if args.family == "llava_onevision" else "original"
     return VidqaConfig(
         video=VideoConfig(fps=float(VIDEO_FPS), num_frames=num_frames, max_frames=max(14400, num_frames or 0),
-                          chunk_frames=args.chunk_frames, max_pixels=args.frame_pixels),
+                          chunk_frames=args.chunk_frames, max_pixels=args.read_pixels),
         memory=MemoryConfig(kv_bits=args.kv_bits, token_budget=args.token_budget, positions=positions),
         cache_dir=str(workdir / "cache"), max_new_tokens=args.new_tokens)
 
@@ -78,14 +78,15 @@ def vidqa_run(adapter, video: Path, num_frames: int | None, args, workdir: Path,
     return rec, work
 
 
-def native_run(model, processor, family: str, video: Path, num_frames: int, frame_pixels: int) -> dict:
+def native_run(model, processor, family: str, video: Path, num_frames: int, read_pixels: int | None) -> dict:
     """processor + ``model.generate`` (1 new token) on ``num_frames`` frames sampled uniformly from
-    ``video``; preprocessing runs on the model's device. Out of memory is a result, not an error."""
+    ``video`` (scaled to ``read_pixels`` while decoding, or read at full size for the processor to
+    resize); preprocessing runs on the model's device. Out of memory is a result, not an error."""
     from vidqa.video import open_video, read_frames
 
     free_memory()
     t0 = time.perf_counter()
-    clip = read_frames(video, num_frames=num_frames, max_pixels=frame_pixels)
+    clip = read_frames(video, num_frames=num_frames, max_pixels=read_pixels)
     frames = clip.frames
     if family == "qwen2_5_vl" and len(frames) % 2:
         frames = frames[:-1]
