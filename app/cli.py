@@ -39,6 +39,8 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--positions", choices=["original", "compact"], help="positions of retrieved KV (default original)")
     g.add_argument("--retrieval", choices=["mass", "mean"], help="block score: the attention the question would pay "
                                                               "a block (mass, default) or ReKV's mean-key score")
+    g.add_argument("--retrieval-window", type=int, help="last prompt tokens whose queries score blocks "
+                                                        "(default 0: every token; 1: the answer position)")
     g.add_argument("--layer-keep", help="in-LLM pruning (PyramidDrop), e.g. '8:0.5,16:0.25': visual KV kept from "
                                         "those layers on (default off)")
     g.add_argument("--cache-dir", help="where ingested memories are saved (default ~/.cache/vidqa)")
@@ -84,7 +86,7 @@ def _settings(args):
     flags = {k: getattr(args, k, None) for k in (
         "config", "model", "device", "fps", "num_frames", "max_frames", "chunk_frames", "max_pixels",
         "decoder", "decode_workers", "reducers", "token_budget", "window_chunks", "kv_bits", "compress_ratio",
-        "positions", "retrieval", "layer_keep", "max_new_tokens", "cache_dir")}
+        "positions", "retrieval", "retrieval_window", "layer_keep", "max_new_tokens", "cache_dir")}
     return resolve(flags)
 
 

@@ -46,7 +46,7 @@ FLAG_SETTINGS = {
     "token_budget": ("memory", "token_budget"), "window_chunks": ("memory", "window_chunks"),
     "kv_bits": ("memory", "kv_bits"), "compress_ratio": ("memory", "compress_ratio"),
     "positions": ("memory", "positions"), "layer_keep": ("memory", "layer_keep"),
-    "retrieval": ("memory", "retrieval"),
+    "retrieval": ("memory", "retrieval"), "retrieval_window": ("memory", "retrieval_window"),
     "max_new_tokens": (None, "max_new_tokens"),
     "cache_dir": (None, "cache_dir"),
 }

@@ -13,9 +13,10 @@ model and the same visual-token budget per question:
 * ``uniform`` -- what native VLMs do with long video: K frames sampled uniformly over the whole
   video, K chosen so that all their tokens fit the same budget, and all of them attended;
 * ``full``    -- every frame at 1 fps and every block attended (no retrieval), where it fits;
-* ablations   -- one component changed at a time: ReKV's mean-key block score, no recurrent memory, no sliding window, 4-bit
-  KV, LOOK-M compression to half, temporal token merging to half, and the question-aware budget
-  (QuoTA) sharing the tokens between all moments of the video instead of retrieving whole blocks.
+* ablations   -- one component changed at a time: ReKV's mean-key block score, blocks scored from the
+  answer position alone, no recurrent memory, no sliding window, 4-bit KV, LOOK-M compression to
+  half, temporal token merging to half, and the question-aware budget (QuoTA) sharing the tokens
+  between all moments of the video instead of retrieving whole blocks.
 
 Per variant: per-task accuracy and M-Avg (mean of task accuracies, as MLVU defines it), how often
 the findNeedle evidence reached the model and the accuracy with and without it (``quality_evidence``),
@@ -61,6 +62,8 @@ def variants(budget: int, frames_for_budget: int) -> dict[str, VidqaConfig]:
         "vidqa": base,
         # ReKV's block score (mean dot product against each grid's mean key) instead of the attention mass
         "mean-key retrieval": replace(base, memory=replace(mem, retrieval="mean")),
+        # the answer position's queries alone score the blocks, not every prompt token's (SnapKV's window of 1)
+        "answer-position retrieval": replace(base, memory=replace(mem, retrieval_window=1)),
         "uniform": replace(base, video=VideoConfig(num_frames=frames_for_budget),
                            memory=replace(mem, token_budget=EVERYTHING)),
         "full": replace(base, memory=replace(mem, token_budget=EVERYTHING)),

@@ -1,12 +1,14 @@
 """Cost of block scoring per question at 7B size (Qwen2.5-VL-7B: 28 layers, 28 query / 4 KV heads,
-head dim 128) for 1 h and 4 h of video (225 blocks of 8 grids per hour), mass vs mean."""
-import json, statistics, sys, time
+head dim 128) for 1 h and 4 h of video (225 blocks of 8 grids per hour), mass vs mean, with the
+queries of a whole 48-token prompt (the default) and of the answer position alone
+(``MemoryConfig.retrieval_window`` 1)."""
+import itertools, json, statistics, sys, time
 import torch
 from vidqa.memory.blocks import GridRecord, KVBlock
 from vidqa.memory.retrieve import score_blocks
 from vidqa.memory.storage import StoredKV
 
-L, HQ, HKV, D, LQ = 28, 28, 4, 128, 48
+L, HQ, HKV, D = 28, 28, 4, 128
 dev = "cuda"
 out = {}
 for hours in (1, 4):
@@ -20,8 +22,9 @@ for hours in (1, 4):
                          distinct_grid=torch.arange(g).repeat_interleave(2))
         blocks.append(KVBlock(kv, kv, torch.ones(g * 32, dtype=torch.bool), torch.randn(L, HKV, D), 0, 1, 0., 1.,
                               torch.arange(g), g * 32, grids=rec))
-    q = [torch.randn(HQ, LQ, D, device=dev, dtype=torch.bfloat16) for _ in range(L)]
-    for method in ("mean", "mass"):
+    prompt = [torch.randn(HQ, 48, D, device=dev, dtype=torch.bfloat16) for _ in range(L)]
+    for lq, method in itertools.product((48, 1), ("mean", "mass")):
+        q = [x[:, -lq:] for x in prompt]
         cache = {}
         score_blocks(q, blocks, cache, method); torch.cuda.synchronize()  # first: gathers the representatives
         times = []
@@ -30,6 +33,6 @@ for hours in (1, 4):
             score_blocks(q, blocks, cache, method); torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
         reps = cache[method][1]
-        out[f"{hours}h_{method}"] = {"median_s": round(statistics.median(times), 4), "representatives": len(reps),
-                                     "rep_mib": round(reps.numel() * 4 / 2**20)}
-        print(json.dumps({f"{hours}h_{method}": out[f"{hours}h_{method}"]}), flush=True)
+        out[f"{hours}h_{method}_q{lq}"] = {"median_s": round(statistics.median(times), 4),
+                                           "representatives": len(reps), "rep_mib": round(reps.numel() * 4 / 2**20)}
+        print(json.dumps({f"{hours}h_{method}_q{lq}": out[f"{hours}h_{method}_q{lq}"]}), flush=True)

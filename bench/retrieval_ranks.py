@@ -12,6 +12,9 @@ videos (the seeds of ``bench/quality.py``), the memory's blocks are scored again
 * ``exact`` -- the attention mass over every visual KV entry of the video (what full attention would
   pay each block; the reference the representatives approximate, too costly for real model sizes).
 
+All three from the queries of the last ``--retrieval-window`` prompt tokens, as ``recall`` uses them
+(default 0: every token of the prompt; 1: the answer position).
+
 Reports, per score, how many needle blocks rank within the blocks the default budget retrieves, within
 the top 10 and top 3, and the median rank. A count question's evidence is every appearance of the
 (colour, shape) it names: per score, how many count questions have a block of every appearance
@@ -33,10 +36,10 @@ import torch  # noqa: E402
 
 from quality_evidence import count_intervals, needle_interval  # noqa: E402
 from vidqa.app.mlvu import load_mlvu  # noqa: E402
-from vidqa.config import VidqaConfig  # noqa: E402
+from vidqa.config import MemoryConfig, VidqaConfig  # noqa: E402
 from vidqa.kernels.block_score import attention_mass  # noqa: E402
 from vidqa.mcq import MC_ANSWER_PREFIX, format_mc_question  # noqa: E402
-from vidqa.memory.recall import question_queries  # noqa: E402
+from vidqa.memory.recall import question_queries, window_queries  # noqa: E402
 from vidqa.memory.retrieve import score_blocks  # noqa: E402
 from vidqa.synth.cli import generate  # noqa: E402
 from vidqa.synth.train_data import HELD_OUT_SEED_BASE  # noqa: E402
@@ -79,7 +82,8 @@ def evidence_ranks(qa, folder: Path) -> list[dict]:
                    for start, end in intervals]
         prompt = format_mc_question(q.question, q.candidates) if q.candidates else q.question
         ids = a.tokenize(a.prompt_conversation([], prompt, MC_ANSWER_PREFIX if q.candidates else ""))
-        queries = question_queries(a, memory, a.embed_ids(ids), max(1, mc.recent_blocks))
+        queries = window_queries(question_queries(a, memory, a.embed_ids(ids), max(1, mc.recent_blocks)),
+                                 mc.retrieval_window)
         row = {"video": folder.name, "task": q.task, "question": q.question, "blocks": len(memory.blocks),
                "retrieved": retrieved}
         for name in SCORES:
@@ -120,10 +124,13 @@ def main(argv=None) -> int:
     ap.add_argument("--videos", type=int, default=6)
     ap.add_argument("--seed", type=int, default=HELD_OUT_SEED_BASE + 1)
     ap.add_argument("--per-task", type=int, default=6)
+    ap.add_argument("--retrieval-window", type=int, default=MemoryConfig.retrieval_window,
+                    help="last prompt tokens whose queries score (0: every token)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     out = Path(args.out)
-    qa = VideoQA(model=args.model, config=VidqaConfig(cache_dir=str(out / "cache")))
+    qa = VideoQA(model=args.model, config=VidqaConfig(memory=MemoryConfig(retrieval_window=args.retrieval_window),
+                                                      cache_dir=str(out / "cache")))
     rows = []
     for k in range(args.videos):  # the same folders and seeds as bench/quality.py
         folder = out / (f"video_{args.minutes:g}min" + (f"_{k}" if k else ""))
@@ -131,7 +138,8 @@ def main(argv=None) -> int:
             generate(folder, args.minutes * 60, args.seed + k, per_task=args.per_task)
         rows += evidence_ranks(qa, folder)
         print(json.dumps(summary(rows)), flush=True)
-    result = {"model": args.model, "minutes": args.minutes, "summary": summary(rows), "rows": rows}
+    result = {"model": args.model, "minutes": args.minutes, "retrieval_window": args.retrieval_window,
+              "summary": summary(rows), "rows": rows}
     (out / "ranks.json").write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result["summary"], indent=1))
     return 0

@@ -3,7 +3,8 @@
 1. Score every block against the question (:mod:`.retrieve`; by default the attention its grids'
    representatives would draw). The question's queries come from a
    cheap pass of the question over the sinks and the newest blocks -- the same context a chunk
-   sees during ingest -- captured from the attention layers' own projections.
+   sees during ingest -- captured from the attention layers' own projections; those of the last
+   ``retrieval_window`` prompt tokens score (by default all of them).
 2. Keep the best blocks within the visual-token budget, bring them back to the device. With a
    question-aware budget reducer (QuoTA, :mod:`.budget`) the budget is shared between the grids of
    the whole video by their relevance instead, and only the chosen entries of each block come back
@@ -69,6 +70,11 @@ def question_queries(adapter: VLMAdapter, memory: VideoMemory, question_embeds: 
     return list(queries)
 
 
+def window_queries(queries: list[torch.Tensor], window: int) -> list[torch.Tensor]:
+    """The per-layer queries ``[Hq, Lq, Dh]`` of the last ``window`` prompt tokens (0: all of them)."""
+    return [q[:, -window:] for q in queries] if window else queries
+
+
 def recall(adapter: VLMAdapter, memory: VideoMemory, question_embeds: torch.Tensor,
            config: MemoryConfig, budget=None, context: dict | None = None) -> Recall:
     """Builds the question's context (see module docstring). ``question_embeds`` ``[Lq, D]``: the
@@ -87,7 +93,8 @@ def recall(adapter: VLMAdapter, memory: VideoMemory, question_embeds: torch.Tens
         chosen, scores = sorted(budgeted), plan.scores
     else:
         if queries is not None:
-            scores = score_blocks(queries, blocks, memory.retrieval_cache, config.retrieval)
+            scores = score_blocks(window_queries(queries, config.retrieval_window), blocks,
+                                  memory.retrieval_cache, config.retrieval)
         chosen = list(range(len(blocks))) if everything_fits else select_blocks(
             scores, blocks, config.token_budget, config.first_blocks, config.recent_blocks)
 

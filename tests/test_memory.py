@@ -6,6 +6,7 @@ import torch
 from transformers import DynamicCache
 
 from vidqa.config import MemoryConfig
+from vidqa.errors import ConfigError
 from vidqa.memory import StreamingIngest, recall
 from vidqa.memory.compress import compress_layer
 from vidqa.memory.retrieve import select_blocks
@@ -274,6 +275,44 @@ def test_recall_with_small_budget_attends_fewer_tokens(qwen_adapter):
     text_entries = memory.sink_keys.shape[2] + sum(memory.blocks[i].num_tokens - memory.blocks[i].num_visual
                                                     for i in rec.blocks)
     assert rec.cache.layers[0].keys.shape[2] == text_entries + rec.visual_attended
+
+
+def test_blocks_are_scored_by_the_last_prompt_tokens(qwen_adapter, monkeypatch):
+    """``retrieval_window`` queries score the blocks: by default the answer position's alone, the last
+    column of what the question's pass computes; 0 keeps every token's."""
+    import importlib
+
+    recall_module = importlib.import_module("vidqa.memory.recall")  # the package's `recall` is the function
+
+    adapter = qwen_adapter
+    config = MemoryConfig(window_chunks=2, token_budget=40)
+    memory = ingest(adapter, random_chunks(adapter, 4), config)
+    q = adapter.embed_ids(adapter.tokenize(adapter.prompt_question("Where is the red circle?")))
+    seen = []
+    real = recall_module.score_blocks
+    monkeypatch.setattr(recall_module, "score_blocks",
+                        lambda queries, *a, **k: seen.append(queries) or real(queries, *a, **k))
+    full = recall_module.question_queries(adapter, memory, q, max(1, config.recent_blocks))
+    for window, width in ((1, 1), (3, 3), (0, q.shape[0])):
+        seen.clear()
+        recall(adapter, memory, q, MemoryConfig(**{**config.__dict__, "retrieval_window": window}))
+        (used,) = seen
+        assert len(used) == len(full) and all(u.shape[1] == width for u in used)
+        for u, f in zip(used, full):
+            torch.testing.assert_close(u, f[:, -width:])
+    for bad in (-1, True, 1.0):
+        with pytest.raises(ConfigError, match="retrieval_window"):
+            MemoryConfig(retrieval_window=bad)
+
+
+def test_retrieval_window_flag_reaches_the_config_and_leaves_the_memory_key_alone():
+    from vidqa.app.cli import _settings, build_parser
+    from vidqa.config import VidqaConfig
+
+    args = build_parser().parse_args(["ask", "v.mp4", "q?", "--retrieval-window", "1"])
+    assert _settings(args).config.memory.retrieval_window == 1
+    assert _settings(build_parser().parse_args(["ask", "v.mp4", "q?"])).config.memory.retrieval_window == 0
+    assert VidqaConfig(memory=MemoryConfig(retrieval_window=1)).ingest_key() == VidqaConfig().ingest_key()
 
 
 @pytest.mark.parametrize("fixture", ["qwen_adapter", "llava_adapter"])
