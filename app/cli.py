@@ -29,8 +29,8 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--chunk-frames", type=int, help="frames encoded and prefilled together (even; default 16)")
     g.add_argument("--max-pixels", type=int, help="pixels per frame before encoding (default: the model's)")
     g.add_argument("--decoder", choices=["auto", "pyav", "decord"], help="video decoder (default auto)")
-    g.add_argument("--decode-workers", type=int, help="threads reading the video: decoders of sparse samples, "
-                                                      "RGB converters of dense ones (default: up to 4, one per core)")
+    g.add_argument("--decode-workers", type=int, help="decoders reading sparse samples in parallel "
+                                                      "(default: up to 4, one per core)")
     g.add_argument("--reducers", help="token reducer chain, e.g. 'temporal:keep_ratio=0.5,tome:keep_ratio=0.5'")
     g.add_argument("--token-budget", type=int, help="visual tokens given to the LLM per question (default 8192)")
     g.add_argument("--window-chunks", type=int, help="recent chunks each chunk attends to while ingesting (default 2)")

@@ -91,10 +91,10 @@ def parse_args(argv=None):
                     help="run the native out-of-memory search as on a GPU of this much memory "
                          "(torch.cuda.set_per_process_memory_fraction)")
     ap.add_argument("--frame-pixels", type=int, default=448 * 448)
-    ap.add_argument("--read-pixels", type=int, default=None,
-                    help="scale frames to at most this many pixels while decoding, on the CPU (default: no: they "
-                         "leave the decoder at the file's size and the processor, on the GPU, resizes them to "
-                         "--frame-pixels, as vidqa's default --max-pixels does); both paths read alike")
+    ap.add_argument("--full-size-read", action="store_true",
+                    help="frames leave the decoder at the file's size and the processor, on the GPU, resizes them "
+                         "(vidqa's default --max-pixels); default: scaled to --frame-pixels while decoding, "
+                         "on the CPU (--max-pixels); both paths read alike")
     ap.add_argument("--chunk-frames", type=int, default=16)
     ap.add_argument("--kv-bits", type=int, default=8)
     ap.add_argument("--token-budget", type=int, default=8192)
@@ -109,6 +109,7 @@ def parse_args(argv=None):
         ap.set_defaults(**SMOKE)  # flags given explicitly still win
     args = ap.parse_args(argv)
     args.size = (128, 72) if args.smoke else (1280, 720)
+    args.read_pixels = None if args.full_size_read else args.frame_pixels  # what the decoder scales to
     if args.reference_minutes not in args.minutes:
         args.minutes = [args.reference_minutes, *args.minutes]
     return args

@@ -29,7 +29,7 @@ class VideoConfig:
     chunk_frames: int = 16
     max_pixels: int | None = None  # None: the adapter's processor default
     decoder: str = "auto"
-    decode_workers: int | None = None  # decoders for sparse sampling, RGB converters for dense; None: min(4, cores)
+    decode_workers: int | None = None  # decoders for sparse sampling; None: min(4, cores)
 
     def __post_init__(self):
         _check(self.fps > 0, f"fps must be positive, got {self.fps}")
@@ -72,7 +72,7 @@ class MemoryConfig:
     will attend to from the end of the prompt. Measured with the bundled model on six held-out hours
     (``bench/quality.py``, ``bench/retrieval_ranks.py``): from the answer position every counted
     appearance was in view for 17 of 24 count questions (every token: 2 of 24), yet the model counted
-    no better and whole-video questions lost (anomaly 58% against 100%): M-Avg 48.9 against 56.1.
+    no better and whole-video questions lost (anomaly 58% against 100%): M-Avg 49.0 against 56.1.
     """
 
     window_chunks: int = 2

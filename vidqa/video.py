@@ -13,8 +13,7 @@
   ``VideoError("... decoding stalled ...")`` instead of hanging. Sparse sampling (targets at
   least half a keyframe interval apart) is decoded by ``decode_workers`` PyAV decoders in parallel
   threads (default ``min(4, CPU cores)``; 1 turns it off), with the same frames and times as one
-  decoder and at most ``8 * decode_workers + 4`` more frames held; dense sampling uses one decoder
-  and converts its frames to RGB on ``decode_workers`` threads (the same frames).
+  decoder and at most ``8 * decode_workers + 4`` more frames held; dense sampling always uses one.
 * :func:`read_frames` is the same for short clips, as one chunk.
 
 Backends (``decoder=``): ``"pyav"`` (and ``"auto"``) seeks to the keyframe before a target only

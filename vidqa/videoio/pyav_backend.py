@@ -29,10 +29,7 @@ frames and times are those one decoder returns. (Except the pixels of a frame th
 up from damaged data: they depend on its thread count, which differs between one decoder and
 several, as it does between machines.) At most ``AHEAD_PER_WORKER * workers`` blocks are decoded
 ahead of the consumer. Dense targets (read on, not sought) keep one decoder: splitting them would
-only add seeks. Its conversions to RGB run on ``workers`` threads instead, at most
-``AHEAD_PER_WORKER * workers`` ahead of the consumer: at 1 fps from a 1-fps file the conversion (a
-scaled YUV-to-RGB pass, 5-8 ms a 720p frame) costs more than decoding the frame, and on one thread it
-held the whole read to one core's pace.
+only add seeks.
 
 A file cut short: targets past the last decodable frame (beyond that frame's own duration plus a
 frame) are not served; ``truncated`` is set and the iteration ends. Damaged packets are skipped.
@@ -40,12 +37,10 @@ frame) are not served; ``truncated`` is set and the iteration ends. Damaged pack
 
 from __future__ import annotations
 
-import collections
 import copy
 import math
 import os
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
 
@@ -137,18 +132,15 @@ class PyAVDecoder:
         try:
             workers = self._workers_for(cursor, targets)
             if workers == 1:
-                ended = yield from self._serve_converting_ahead(cursor, targets)
+                ended = yield from self._serve(cursor, targets)
         finally:
             cursor.close()  # at once for a parallel read: each worker opens its own
         if workers > 1:
             ended = yield from self._frames_in_parallel(targets, beat, workers)
         self.truncated = self.truncated or ended or self.report.stopped_early
 
-    def _serve(self, cursor: _Cursor, targets: np.ndarray, convert: Callable | None = None
-               ) -> Iterator[tuple[float, np.ndarray]]:
-        """``(time, convert(frame))`` per target from ``cursor`` (``convert``: :meth:`convert`);
-        returns True if the stream ended before one."""
-        convert = convert or self.convert
+    def _serve(self, cursor: _Cursor, targets: np.ndarray) -> Iterator[tuple[float, np.ndarray]]:
+        """``(time, frame)`` per target from ``cursor``; returns True if the stream ended before one."""
         converted = (None, None)
         for target in targets:
             want = cursor.start + float(target)
@@ -158,34 +150,9 @@ class PyAVDecoder:
             if best is None:
                 return True
             if converted[0] is not best:  # targets nearest the same frame share one conversion
-                converted = (best, convert(best.frame))
+                converted = (best, self.convert(best.frame))
             yield best.time - cursor.start, converted[1]
         return False
-
-    def _serve_converting_ahead(self, cursor: _Cursor, targets: np.ndarray) -> Iterator[tuple[float, np.ndarray]]:
-        """:meth:`_serve` with the conversions on ``workers`` threads while this one decodes on."""
-        if self.workers < 2:
-            return (yield from self._serve(cursor, targets))
-        pending: collections.deque = collections.deque()  # (time, future of the frame), in order
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="vidqa-convert") as pool:
-            try:
-                served = self._serve(cursor, targets, convert=lambda frame: pool.submit(self.convert, frame))
-                while True:
-                    try:
-                        pending.append(next(served))
-                    except StopIteration as stop:
-                        ended = bool(stop.value)
-                        break
-                    if len(pending) > AHEAD_PER_WORKER * self.workers:
-                        t, frame = pending.popleft()
-                        yield t, frame.result()
-                while pending:
-                    t, frame = pending.popleft()
-                    yield t, frame.result()
-                return ended
-            finally:
-                for _, frame in pending:  # the consumer left early: nothing more to convert
-                    frame.cancel()
 
     def _workers_for(self, cursor: _Cursor, targets: np.ndarray) -> int:
         """How many decoders to use: several for sparse targets, one for dense ones.
