@@ -9,7 +9,7 @@ import torch
 from vidqa.synth import vocab
 from vidqa.synth.lookup_loss import (LookupCapture, answer_positions, evidence_mask, lookup_loss,
                                      named_entities, option_loss, option_spans, readout_loss)
-from vidqa.synth.train import batch_logits, video_template
+from vidqa.synth.train import batch_logits, question_rows, video_template
 from vidqa.synth.train_data import TOKEN_GRID, batch_layout, make_clip
 
 S, C, W = ({n: i + 1 for i, n in enumerate(names)} for names in (vocab.SHAPES, vocab.COLOURS, vocab.CARD_WORDS))
@@ -151,7 +151,7 @@ def test_option_and_readout_losses_are_learnt():
     for _ in range(20):
         with LookupCapture(lm, 3) as cap3, LookupCapture(lm, 4) as cap4:
             _, labels, tasks = batch_logits(a, batch, "cpu")
-        pick, log = option_loss(cap4, a, batch, labels, tasks, video_length)
+        pick, log = option_loss(cap4, a, question_rows(a, batch, 0)[0], labels, tasks, video_length)
         read = readout_loss(cap3, model.lm_head, labels, tasks)
         opt.zero_grad()
         (pick + read).backward()

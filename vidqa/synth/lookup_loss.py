@@ -190,22 +190,20 @@ def option_spans(ids: torch.Tensor, letters: dict[str, int], open_id: int, close
     return spans
 
 
-def option_loss(capture: LookupCapture, adapter, batch: dict, labels: torch.Tensor, tasks: list,
+def option_loss(capture: LookupCapture, adapter, ids: torch.Tensor, labels: torch.Tensor, tasks: list,
                 video_length: int) -> tuple[torch.Tensor | None, dict]:
     """Supervised attention for the letter: at ``capture``'s layer (the one above the look-up), the
     answer position of every lettered row (``mc`` and ``hint``) should attend to the correct option's
     letter and text. With the look-up learnt, the open answer named the needle's colour 71% of the
     time while the letter stayed at 37%: the model knew the colour but not which option said it.
-    None without lettered rows; the log holds ``option_attention``, the mean attention on it."""
-    from vidqa.synth.train import question_rows
-
+    ``ids`` ``[R, Lq]``: the question rows (``train.question_rows``). None without lettered rows; the
+    log holds ``option_attention``, the mean attention on it."""
     rows = [r for r, qa in enumerate(tasks) if qa.kind in ("mc", "hint") and qa.letter]
     if not rows:
         return None, {}
     tok = adapter.tokenizer
     letters = {c: tok.convert_tokens_to_ids(c) for c in "abcd"}
     marks = [tok.convert_tokens_to_ids(t) for t in ("(", ")", "only")]
-    ids = question_rows(adapter, batch, 0)[0]
     evidence = torch.zeros(len(rows), video_length + labels.shape[1], dtype=torch.bool)
     keep = []
     for k, r in enumerate(rows):

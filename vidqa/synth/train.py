@@ -51,9 +51,9 @@ import json
 import math
 import random
 import time
-from pathlib import Path
-
 from contextlib import nullcontext
+from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -194,11 +194,21 @@ def question_rows(adapter, batch: dict, start: int):
     return ids, labels, positions, torch.tensor(clip_of_row), tasks
 
 
+class BatchParts(NamedTuple):
+    """What :func:`batch_logits` built on the way, kept for the auxiliary losses."""
+
+    visual: torch.Tensor  # [B, Nv, D] the clips' visual tokens
+    is_visual: torch.Tensor  # bool [Lv] which positions of the video template are visual
+    question_ids: torch.Tensor  # [R, Lq] the question rows' ids (right-padded)
+
+
 def batch_logits(adapter, batch: dict, device, augment: bool = False, generator=None, return_visual: bool = False,
                  streaming: MemoryConfig | None = None):
     """Logits ``[R, Lq, V]`` of the question rows of ``batch`` and their labels ``[R, Lq]`` and tasks;
-    with ``return_visual`` also the clips' visual tokens ``[B, T/2 * 4 * 8, D]`` (grid, row, column
-    order, as :func:`~vidqa.synth.token_labels.token_labels` lays its labels out). ``streaming``: the
+    with ``return_visual`` also :class:`BatchParts`: the clips' visual tokens ``[B, T/2 * 4 * 8, D]``
+    (grid, row, column order, as :func:`~vidqa.synth.token_labels.token_labels` lays its labels
+    out), which of the video template's ``Lv`` positions are visual ``[Lv]`` and the rows' ids
+    ``[R, Lq]``, for the losses that need them. ``streaming``: the
     video is prefilled as ingest with that configuration would (:mod:`vidqa.synth.streaming_prefill`),
     else with full causal attention."""
     model = adapter.model
@@ -230,7 +240,7 @@ def batch_logits(adapter, batch: dict, device, augment: bool = False, generator=
                 use_cache=True).last_hidden_state
     logits = model.lm_head(hidden).float()
     if return_visual:
-        return logits, labels.to(device), tasks, vis.reshape(b, -1, vis.shape[-1])
+        return logits, labels.to(device), tasks, BatchParts(vis.reshape(b, -1, vis.shape[-1]), is_visual, q_ids)
     return logits, labels.to(device), tasks
 
 
@@ -489,22 +499,20 @@ def main(argv=None) -> int:
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device == "cuda"), \
                 LookupCapture(model.model.language_model, args.lookup_layer) as capture, \
                 LookupCapture(model.model.language_model, args.lookup_layer + 1) as option_capture:
-            logits, labels, tasks, visual = batch_logits(adapter, batch, device, augment=True, generator=generator,
-                                                         return_visual=True, streaming=streaming)
+            logits, labels, tasks, parts = batch_logits(adapter, batch, device, augment=True, generator=generator,
+                                                        return_visual=True, streaming=streaming)
             loss = answer_loss = row_loss(logits, labels)
             probe_log = {}
-            if args.lookup_loss > 0 or args.option_loss > 0:
-                patch = processor.video_processor.patch_size
-                visual_mask = video_template(adapter, batch, (HEIGHT // patch, WIDTH // patch))[1]  # [Lv]
             if args.lookup_loss > 0:
-                look, look_log = lookup_loss(capture, batch, labels, tasks, visual_mask)
+                look, look_log = lookup_loss(capture, batch, labels, tasks, parts.is_visual)
                 if look is not None:
                     loss = loss + args.lookup_loss * look
                     far = batch["gap"] or batch["question_gap"] or any(batch["chunk_gaps"])
                     lookup_logs["evidence_attention_" + ("far" if far else "near")].append(look_log["evidence_attention"])
                     lookup_logs["evidence_share"].append(look_log["evidence_share"])
             if args.option_loss > 0:
-                pick, pick_log = option_loss(option_capture, adapter, batch, labels, tasks, len(visual_mask))
+                pick, pick_log = option_loss(option_capture, adapter, parts.question_ids, labels, tasks,
+                                             len(parts.is_visual))
                 if pick is not None:
                     loss = loss + args.option_loss * pick
                     lookup_logs["option_attention"].append(pick_log["option_attention"])
@@ -513,7 +521,7 @@ def main(argv=None) -> int:
                 loss = loss + args.readout_loss * read
                 probe_log["readout_loss"] = read.detach()
             if args.token_loss > 0:  # an untrained probe's read-out would mean nothing: skip it
-                token_loss, token_acc = probe(visual, batch["token_labels"].to(device, non_blocking=True),
+                token_loss, token_acc = probe(parts.visual, batch["token_labels"].to(device, non_blocking=True),
                                                accuracy=(step + 1) % args.log_every == 0)
                 loss = loss + args.token_loss * token_loss
                 probe_log.update(token_loss=token_loss.detach(), **token_acc)
