@@ -111,7 +111,7 @@ def run_variant(name: str, config: VidqaConfig, questions, model: str, adapter, 
     rows = [json.loads(line) for line in (out / "samples_rank0.jsonl").read_text().splitlines() if line.strip()]
     evidence = {}
     if timelines:
-        times_of = functools.cache(lambda video: sampled_times(config, video))
+        times_of = functools.cache(lambda video: sampled_times(config, video))  # one probe per video for both
         evidence = {**needle_in_view(rows, timelines, times_of), **count_in_view(rows, timelines, times_of)}
     attended = [r["tokens"].get("visual_attended", 0) for r in rows if r.get("tokens")]
     latency = [r["timings"]["total"] for r in rows if r.get("timings")]

@@ -50,20 +50,35 @@ def frames_seen(frame_times: np.ndarray, spans) -> np.ndarray:
     return times[inside]
 
 
+def evidence_intervals(task: str, timeline, question: str) -> list[tuple[float, float]]:
+    """``[start, end)`` (s) of what a ``task`` question needs seen: its needle, or each counted
+    appearance; empty for the other tasks."""
+    if task == "findNeedle":
+        interval = needle_interval(timeline, question)
+        return [interval] if interval is not None else []
+    return count_intervals(timeline, question) if task == "count" else []
+
+
+def _evidence_rows(rows: list[dict], task: str, timelines: dict, frame_times_of):
+    """``(row, its evidence intervals, the frame times it was shown)`` for each ``task`` row with evidence."""
+    times = {}
+    for row in rows:
+        if row.get("task") != task or row.get("video") not in timelines:
+            continue
+        intervals = evidence_intervals(task, timelines[row["video"]], row["question"])
+        if not intervals:
+            continue
+        if row["video"] not in times:
+            times[row["video"]] = frame_times_of(row["video"])
+        yield row, intervals, frames_seen(times[row["video"]], row.get("spans") or [])
+
+
 def needle_in_view(rows: list[dict], timelines: dict, frame_times_of) -> dict:
     """Evidence recall over the findNeedle rows of ``rows`` (the evaluator's sample rows, of one or
     more videos): ``timelines`` maps a row's ``video`` to its script, ``frame_times_of(video)`` gives
     the frame times ``[K]`` the variant sampled from it."""
-    seen, hits_in, hits_out, times = [], [], [], {}
-    for row in rows:
-        if row.get("task") != "findNeedle" or row.get("video") not in timelines:
-            continue
-        interval = needle_interval(timelines[row["video"]], row["question"])
-        if interval is None:
-            continue
-        if row["video"] not in times:
-            times[row["video"]] = frame_times_of(row["video"])
-        shown = frames_seen(times[row["video"]], row.get("spans") or [])
+    seen, hits_in, hits_out = [], [], []
+    for row, (interval,), shown in _evidence_rows(rows, "findNeedle", timelines, frame_times_of):
         in_view = _in_view(shown, interval)
         seen.append(in_view)
         (hits_in if in_view else hits_out).append(bool(row.get("correct")))
@@ -81,16 +96,8 @@ def _in_view(shown: np.ndarray, interval: tuple[float, float]) -> bool:
 
 def count_in_view(rows: list[dict], timelines: dict, frame_times_of) -> dict:
     """Evidence recall over the count rows of ``rows`` (arguments as :func:`needle_in_view`)."""
-    complete, share, hits_all, hits_missing, times = [], [], [], [], {}
-    for row in rows:
-        if row.get("task") != "count" or row.get("video") not in timelines:
-            continue
-        intervals = count_intervals(timelines[row["video"]], row["question"])
-        if not intervals:
-            continue
-        if row["video"] not in times:
-            times[row["video"]] = frame_times_of(row["video"])
-        shown = frames_seen(times[row["video"]], row.get("spans") or [])
+    complete, share, hits_all, hits_missing = [], [], [], []
+    for row, intervals, shown in _evidence_rows(rows, "count", timelines, frame_times_of):
         seen = [_in_view(shown, iv) for iv in intervals]
         complete.append(all(seen))
         share.append(sum(seen) / len(seen))

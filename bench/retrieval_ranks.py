@@ -34,7 +34,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:
 
 import torch  # noqa: E402
 
-from quality_evidence import count_intervals, needle_interval  # noqa: E402
+from quality_evidence import evidence_intervals  # noqa: E402
 from vidqa.app.mlvu import load_mlvu  # noqa: E402
 from vidqa.config import MemoryConfig, VidqaConfig  # noqa: E402
 from vidqa.kernels.block_score import attention_mass  # noqa: E402
@@ -57,14 +57,6 @@ def exact_scores(queries, memory, device) -> torch.Tensor:
     return torch.zeros(len(memory.blocks)).scatter_add(0, owner, mass)
 
 
-def evidence_intervals(q, timeline) -> list[tuple[float, float]]:
-    """``[start, end)`` (s) of what question ``q`` needs seen: its needle, or each counted appearance."""
-    if q.task == "findNeedle":
-        interval = needle_interval(timeline, q.question)
-        return [interval] if interval is not None else []
-    return count_intervals(timeline, q.question) if q.task == "count" else []
-
-
 def evidence_ranks(qa, folder: Path) -> list[dict]:
     """One row per findNeedle and count question of the video in ``folder``: per score, the best rank
     of a block showing each of its evidence intervals."""
@@ -75,7 +67,7 @@ def evidence_ranks(qa, folder: Path) -> list[dict]:
     retrieved = mc.token_budget // max(1, max(b.num_visual for b in memory.blocks))
     rows = []
     for q in questions:
-        intervals = evidence_intervals(q, timeline)
+        intervals = evidence_intervals(q.task, timeline, q.question)
         if not intervals:
             continue
         showing = [[i for i, b in enumerate(memory.blocks) if b.t_start < end and b.t_end > start]
