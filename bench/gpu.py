@@ -218,7 +218,7 @@ class Run:
     def equal_frames(self, video: Path) -> None:
         """Native and vidqa on the same ``--native-frames`` frames of ``video``."""
         for n in self.args.native_frames:
-            est = (self.estimates.native(n) + self.estimates.vidqa(n)) * self.args.equal_repeats
+            est = self.estimates.native(n) + self.estimates.vidqa(n)  # the first run; repeats if they fit
             if not self.budget.fits(est, SAFETY_NATIVE):
                 self.report.skip("native_equal", f"needs ~{est:.0f} s, {self.budget.left():.0f} s left", frames=n,
                                  label=str(n))
@@ -226,18 +226,22 @@ class Run:
             self.guarded(f"native vs vidqa {n} frames", self.native_vs_vidqa, n, video)
 
     def native_vs_vidqa(self, n: int, video: Path) -> dict:
-        """``--equal-repeats`` alternating native and vidqa runs on ``n`` frames; the record holds the
-        run of the median speed-up (time to first answer, native over vidqa) and every run's."""
+        """``--equal-repeats`` alternating native and vidqa runs on ``n`` frames, as many as fit the budget
+        at the first run's measured time; the record holds the run of the median speed-up (time to
+        first answer, native over vidqa) and every run's."""
         if not self.native_warmed:  # first native call: processor and generate paths warmed, not reported
             self.native(video, 8)
             self.native_warmed = True
         runs = []
         for _ in range(max(1, self.args.equal_repeats)):
+            t0 = time.monotonic()
             nat = self.native(video, n)
             ours, _ = self.vidqa(video, n)
             runs.append((speedup(nat, ours), nat, ours))
             if nat["status"] != "ok":
                 break  # out of memory (or an error) does not change on a second try
+            if not self.budget.fits(time.monotonic() - t0, SAFETY_NATIVE):
+                break
         if runs[0][1]["status"] == "ok":
             self.estimates.native_points.append((runs[0][1]["frames"], runs[0][1]["total_s"]))
         ordered = sorted(runs, key=lambda r: r[0])

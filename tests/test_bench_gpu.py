@@ -234,6 +234,23 @@ def test_smoke_run_writes_every_section(gpu, bench, tmp_path, monkeypatch):
     assert prof["rows"][-1]["measured_s"] == by["vidqa"][0]["ingest_s"] and prof["limits"]["matmul"]["tflops"] > 0
 
 
+def test_equal_frame_repeats_stop_when_the_next_one_does_not_fit(gpu, tmp_path, monkeypatch):
+    """A repeat runs only if the first run's measured time still fits the budget: with none left
+    after the first, each frame count keeps its one run."""
+    real = gpu.Budget.fits
+
+    def fits(self, estimate_s, safety=gpu.SAFETY_NATIVE):  # no room left for a repeat, room for the rest
+        return sys._getframe(1).f_code.co_name != "native_vs_vidqa" and real(self, estimate_s, safety)
+
+    monkeypatch.setattr(gpu.Budget, "fits", fits)
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    gpu.main(["--smoke", "--workdir", str(tmp_path / "work"), "--results", str(tmp_path / "gpu.md"),
+              "--minutes", "0.5", "--reference-minutes", "0.5", "--oom-frames", "20", "--equal-repeats", "3"])
+    records = [json.loads(line) for line in (tmp_path / "out" / "gpu.jsonl").read_text().splitlines()]
+    equal = [r for r in records if r["section"] == "native_equal"]
+    assert [r["frames"] for r in equal] == [8, 16] and all(len(r["speedups"]) == 1 for r in equal)
+
+
 def test_time_budget_skips_all_but_the_reference(gpu, tmp_path, monkeypatch):
     monkeypatch.setattr(gpu, "_T0", gpu._T0 - 10_000)  # the budget is already spent
     report = gpu.main(["--smoke", "--workdir", str(tmp_path / "work"), "--results", str(tmp_path / "gpu.md")])
