@@ -29,10 +29,12 @@ def minutes_label(minutes: float) -> str:
 
 
 def _reading(setup: dict) -> str:
-    if setup.get("read_pixels", setup.get("frame_pixels")) is None:  # runs before --read-pixels scaled on the CPU
+    # Records from before --full-size-read have no read_pixels: their frames were scaled to frame_pixels.
+    read_pixels = setup.get("read_pixels", setup["frame_pixels"])
+    if read_pixels is None:
         return (f"at full size and resized on the GPU by the processor to at most {setup['frame_pixels']:,} px, "
                 "whole merged patches (both paths)")
-    return (f"scaled to at most {setup.get('read_pixels', setup['frame_pixels']):,} px while decoding (both paths; "
+    return (f"scaled to at most {read_pixels:,} px while decoding (both paths; "
             f"the processor then resizes to at most {setup['frame_pixels']:,} px, whole merged patches)")
 
 
@@ -113,9 +115,14 @@ def _vidqa(rows: list[dict]) -> list[str]:
                     + (f" (its own time: {', '.join(background)})." if background else ".")]
 
 
+def first_answer_s(ours: dict) -> float:
+    """vidqa's time to first answer: ingest + the first question's time to first token."""
+    return ours["ingest_s"] + ours["ttft_first_s"]
+
+
 def speedup(nat: dict, ours: dict) -> float:
-    """Native time to first answer over vidqa's (ingest + first question); NaN where native failed."""
-    return nat["total_s"] / (ours["ingest_s"] + ours["ttft_first_s"]) if nat["status"] == "ok" else float("nan")
+    """Native time to first answer over vidqa's; NaN where native failed."""
+    return nat["total_s"] / first_answer_s(ours) if nat["status"] == "ok" else float("nan")
 
 
 def _speedups(n: dict) -> str:
@@ -128,9 +135,8 @@ def _speedups(n: dict) -> str:
 def _native_equal(eq: list[dict]) -> list[str]:
     def row(n):
         nat, ours = n["native"], n["vidqa"]
-        ttfa = ours["ingest_s"] + ours["ttft_first_s"]
         return (f"| {nat['frames']} | {nat['status']} | {_f(nat['read_s'])} / {_f(nat.get('processor_s'))} / "
-                f"{_f(nat.get('generate_s'))} | {_f(nat['total_s'])} | {_f(nat['gpu_peak_gib'])} | {ttfa:.1f} | "
+                f"{_f(nat.get('generate_s'))} | {_f(nat['total_s'])} | {_f(nat['gpu_peak_gib'])} | {first_answer_s(ours):.1f} | "
                 f"{_f(ours['gpu_peak_gib'])} | {nat.get('visual_tokens', 0):,} / {ours['visual_tokens']:,} | "
                 f"{_speedups(n)} |")
 

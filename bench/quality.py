@@ -145,20 +145,21 @@ def table(results: list[dict]) -> str:
     tasks = sorted({t for r in results for t in (r["tasks"] or {})})
     lines = ["Accuracy in % per task; replies no option could be read from count as wrong.", "",
              "| video | variant | " + " | ".join(tasks) + " | M-Avg | unparsed | needle in view | "
-             "findNeedle in view / out of view | count: all in view (appearances) | count in view / not | visual tokens attended | ingest (s) | latency (s) | peak RSS (MiB) |",
+             "findNeedle in view / out of view | count: all in view (appearances) | count in view / not | "
+             "visual tokens attended | ingest (s) | latency (s) | peak RSS (MiB) |",
              "| --- " * (len(tasks) + 13) + "|"]
     for r in results:
         acc = [f"{r['tasks'][t]:.0f}" if t in (r["tasks"] or {}) else "-" for t in tasks]
         m_avg = f"{r['m_avg']:.1f}" if r["m_avg"] is not None else "-"
         view = (f"{_pct(r.get('needle_in_view'))} of {r['needle_questions']}" if r.get("needle_questions") else "-")
         split = f"{_pct(r.get('needle_acc_in_view'))} / {_pct(r.get('needle_acc_out_of_view'))}"
-        count = (f"{_pct(r.get('count_all_in_view'))} of {r['count_questions']} ({_pct(r.get('count_appearances_in_view'))})"
-                 if r.get("count_questions") else "-")
+        count = (f"{_pct(r.get('count_all_in_view'))} of {r['count_questions']} "
+                 f"({_pct(r.get('count_appearances_in_view'))})" if r.get("count_questions") else "-")
         count_split = f"{_pct(r.get('count_acc_all_in_view'))} / {_pct(r.get('count_acc_some_missing'))}"
         videos = f" x {r['videos']}" if r.get("videos", 1) > 1 else ""
         lines.append(f"| {r['minutes']:g} min{videos} | {r['variant']} | " + " | ".join(acc) +
-                     f" | {m_avg} | {r['unparsed']} | {view} | {split} | {count} | {count_split} | {r['visual_attended_median']:,} | {r['ingest_s']} | "
-                     f"{r['latency_median_s']} | {r['peak_rss_mib']} |")
+                     f" | {m_avg} | {r['unparsed']} | {view} | {split} | {count} | {count_split} | "
+                     f"{r['visual_attended_median']:,} | {r['ingest_s']} | {r['latency_median_s']} | {r['peak_rss_mib']} |")
     return "\n".join(lines)
 
 

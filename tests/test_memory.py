@@ -278,8 +278,8 @@ def test_recall_with_small_budget_attends_fewer_tokens(qwen_adapter):
 
 
 def test_blocks_are_scored_by_the_last_prompt_tokens(qwen_adapter, monkeypatch):
-    """``retrieval_window`` queries score the blocks: by default the answer position's alone, the last
-    column of what the question's pass computes; 0 keeps every token's."""
+    """The last ``retrieval_window`` prompt tokens' queries score the blocks (1: the answer position's
+    alone, the last column of what the question's pass computes); 0, the default, keeps every token's."""
     import importlib
 
     recall_module = importlib.import_module("vidqa.memory.recall")  # the package's `recall` is the function
