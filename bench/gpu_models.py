@@ -117,11 +117,11 @@ class StockVision:
     """Keeps the native path on transformers' own vision tower.
 
     vidqa's Qwen adapter rewrites the tower in place at its first encode (``vlm/vision_fast.py``:
-    MLP padded to a multiple of 64 channels, patch embedding as a matmul); the native baseline
-    shares the model and must not get those for free. Made right after the model is built, this
-    holds host copies of the stock MLP modules; ``with stock:`` swaps them onto the GPU (the
-    rewritten ones go to the host meanwhile) and drops the matmul patch embedding, and restores
-    vidqa's on exit. The swaps happen outside every timed region."""
+    MLP padded to a multiple of 64 channels, patch embedding as a matmul; ``vlm/vision_fused.py``:
+    blocks on fused kernels); the native baseline shares the model and must not get those for free.
+    Made right after the model is built, this holds host copies of the stock MLP modules; ``with
+    stock:`` swaps them onto the GPU (the rewritten ones go to the host meanwhile) and drops the
+    matmul patch embedding and the fused block forwards, and restores vidqa's on exit. The swaps happen outside every timed region."""
 
     def __init__(self, model, family: str):
         self.visual = model.model.visual if family == "qwen2_5_vl" else None
@@ -145,6 +145,7 @@ class StockVision:
             self.visual.config.intermediate_size = self.width
         pe = self.visual.patch_embed
         self.pe_forward = pe.__dict__.pop("forward", None)
+        self.block_forwards = [b.__dict__.pop("forward", None) for b in self.visual.blocks]
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         return self
@@ -161,5 +162,8 @@ class StockVision:
             self.visual.config.intermediate_size = self.fast_width
         if self.pe_forward is not None:
             self.visual.patch_embed.forward = self.pe_forward
+        for block, forward in zip(self.visual.blocks, self.block_forwards):
+            if forward is not None:
+                block.forward = forward
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

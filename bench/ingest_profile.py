@@ -131,6 +131,54 @@ def patch_embed_ab(out: Output, model, args, device: str, dtype) -> None:
     out()
 
 
+def fused_blocks_ab(out: Output, adapter, frames: np.ndarray, times: np.ndarray, repeats: int) -> None:
+    """The vision tower with transformers' block forward against vidqa's fused one
+    (``vlm/vision_fused.py``) on one chunk: encode wall time, stock and fused alternating (median of
+    ``repeats`` each after a warm-up), and how far the fused tower's output is from the stock one."""
+    adapter.encode(frames, times)  # the adapter's rewrites, the fused forwards among them
+    blocks = adapter.model.model.visual.blocks
+    fused = [b.__dict__.get("forward") for b in blocks]
+    if not any(fused):
+        out("### vision blocks: no fused forward on this tower")
+        out()
+        return
+
+    def stock():
+        for b in blocks:
+            b.__dict__.pop("forward", None)
+
+    def restore():
+        for b, f in zip(blocks, fused):
+            if f is not None:
+                b.forward = f
+
+    def timed():
+        cuda_sync()
+        t0 = time.perf_counter()
+        tokens = adapter.encode(frames, times)
+        cuda_sync()
+        return time.perf_counter() - t0, tokens.embeds.float()
+
+    walls = {"stock": [], "fused": []}
+    outputs = {}
+    for i in range(repeats + 1):  # the first round warms both up and is not counted
+        for name, setup in (("stock", stock), ("fused", restore)):
+            setup()
+            wall, outputs[name] = timed()
+            if i:
+                walls[name].append(wall)
+    restore()
+    a, b = outputs["fused"], outputs["stock"]
+    rel = float((a - b).norm() / b.norm().clamp_min(1e-12))
+    med = {k: statistics.median(v) for k, v in walls.items()}
+    ratios = sorted(s / f for s, f in zip(walls["stock"], walls["fused"]))
+    out(f"### vision blocks, stock against fused ({len(frames)} frames per call, median of {repeats}, alternating)")
+    out(f"encode wall: stock {med['stock'] * 1e3:.1f} ms, fused {med['fused'] * 1e3:.1f} ms per call; "
+        f"stock / fused {statistics.median(ratios):.2f}x (runs {ratios[0]:.2f}-{ratios[-1]:.2f}); fused output "
+        f"against stock: max |difference| {float((a - b).abs().max()):.3e}, relative (Frobenius) {rel:.2e}")
+    out()
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     device = default_device()
@@ -150,6 +198,8 @@ def main(argv=None) -> None:
     for n in args.chunk_frames:
         frames = rng.integers(0, 256, (n, args.height, args.width, 3), dtype=np.uint8)
         times = np.arange(n, dtype=np.float64)
+        if args.family == "qwen2_5_vl":
+            fused_blocks_ab(out, adapter, frames, times, max(args.repeats, 5))
         wall, prof = profiled(lambda: adapter.encode(frames, times), args.repeats, device)
         report_stage(out, "encode (preprocess + vision tower + merger)", wall, prof, args.repeats, n, args.top, device)
 

@@ -269,6 +269,7 @@ def test_stock_vision_gives_the_native_path_the_unmodified_tower(gpu_models):
 
     from vidqa.vlm import load_adapter
     from vidqa.vlm.vision_fast import pad_mlp_width, patch_embed_as_matmul
+    from vidqa.vlm.vision_fused import fuse_vision_blocks
 
     adapter = load_adapter("tiny-random/qwen2_5_vl", device="cpu")
     visual = adapter.model.model.visual
@@ -283,10 +284,13 @@ def test_stock_vision_gives_the_native_path_the_unmodified_tower(gpu_models):
     ref = tower()
     pad_mlp_width(visual, multiple=48)  # what vidqa does on a GPU (64 -> 96 channels here)
     patch_embed_as_matmul(visual)
+    assert fuse_vision_blocks(visual) == len(visual.blocks)
     with stock:
         assert visual.blocks[0].mlp.gate_proj.out_features == 64 and visual.config.intermediate_size == 64
         assert "forward" not in visual.patch_embed.__dict__
+        assert all("forward" not in b.__dict__ for b in visual.blocks)
         torch.testing.assert_close(tower(), ref, atol=1e-6, rtol=1e-6)
     assert visual.blocks[0].mlp.gate_proj.out_features == 96 and visual.config.intermediate_size == 96
     assert "forward" in visual.patch_embed.__dict__
+    assert all("forward" in b.__dict__ for b in visual.blocks)
     torch.testing.assert_close(tower(), ref, atol=1e-5, rtol=1e-5)

@@ -52,26 +52,29 @@ def _segment_plan(cu_seq_lens_q, n_tokens: int, device):
     return plan
 
 
-def varlen_sdpa(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0,
-                cu_seq_lens_q=None, is_causal=False, **kwargs):
-    """Non-causal attention within segments.
-
-    ``query/key/value``: ``[1, H, N, D]``; ``cu_seq_lens_q``: ``[S + 1]`` cumulative segment
-    boundaries tiling ``[0, N)``. Returns ``([1, N, H, D], None)`` as transformers' flash functions do.
-    """
-    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [N, H, D]
+def segment_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seq_lens_q, scaling=None) -> torch.Tensor:
+    """Non-causal attention within segments. ``q/k/v``: ``[N, H, D]`` (any strides); ``cu_seq_lens_q``:
+    ``[S + 1]`` cumulative segment boundaries tiling ``[0, N)`` (None: one segment). Returns ``[N, H, D]``."""
     n_tokens, heads, dim = q.shape
     kind, plan = _segment_plan(cu_seq_lens_q, n_tokens, q.device)
     if kind == "one":
         stack = [t.reshape(-1, plan, heads, dim).transpose(1, 2) for t in (q, k, v)]
         out = torch.nn.functional.scaled_dot_product_attention(*stack, scale=scaling)  # [S, H, seg, D]
-        return out.transpose(1, 2).reshape(1, n_tokens, heads, dim), None
+        return out.transpose(1, 2).reshape(n_tokens, heads, dim)
     out = q.new_empty(n_tokens, heads, dim)
     for _, idx in plan:
         stack = [t[idx].transpose(1, 2) for t in (q, k, v)]  # [n, H, length, D]
         o = torch.nn.functional.scaled_dot_product_attention(*stack, scale=scaling)
         out[idx] = o.transpose(1, 2)
-    return out.unsqueeze(0), None
+    return out
+
+
+def varlen_sdpa(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0,
+                cu_seq_lens_q=None, is_causal=False, **kwargs):
+    """transformers' attention-interface form of :func:`segment_sdpa`: ``query/key/value`` ``[1, H, N, D]``
+    -> ``([1, N, H, D], None)`` as transformers' flash functions return."""
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [N, H, D]
+    return segment_sdpa(q, k, v, cu_seq_lens_q, scaling).unsqueeze(0), None
 
 
 def _register() -> None:
@@ -81,6 +84,12 @@ def _register() -> None:
 
         AttentionInterface.register(NAME, varlen_sdpa)
         _registered = True
+
+
+def is_packed(config) -> bool:
+    """Whether a tower with ``config`` is inside :func:`packed_vision_attention` (and so attends with
+    :func:`segment_sdpa`)."""
+    return getattr(config, "_attn_implementation", None) == NAME
 
 
 @contextmanager

@@ -15,8 +15,9 @@ call), and neither changes what the tower computes:
   convolution took 2.0 ms per call against 0.1 ms for that product. :func:`patch_embed_as_matmul`
   makes the module compute the product (same weights, same parameter).
 
-:func:`speed_up_vision` applies both once per tower (idempotent); the Qwen adapter calls it at its
-first ``encode``, with the MLP padding only for a tower on a GPU (on a CPU it only costs FLOPs).
+:func:`speed_up_vision` applies both once per tower (idempotent), with the fused block forward of
+``vision_fused.py``; the Qwen adapter calls it at its first ``encode``, with the MLP padding only for
+a tower on a GPU (on a CPU it only costs FLOPs).
 """
 
 from __future__ import annotations
@@ -88,10 +89,14 @@ def patch_embed_as_matmul(visual: torch.nn.Module) -> bool:
 
 
 def speed_up_vision(visual: torch.nn.Module, pad: bool = True) -> None:
-    """Both rewrites, once per tower (``pad=False`` keeps the MLP width)."""
+    """Both rewrites and the fused block forward (``vision_fused.py``), once per tower (``pad=False``
+    keeps the MLP width)."""
     if getattr(visual, "_vidqa_fast", False):
         return
+    from vidqa.vlm.vision_fused import fuse_vision_blocks
+
     patch_embed_as_matmul(visual)
     if pad:
         pad_mlp_width(visual)
+    fuse_vision_blocks(visual)
     visual._vidqa_fast = True

@@ -1,0 +1,14 @@
+"""bench/ingest_profile.py --smoke runs on CPU: the fused-block A/B, and both stage profiles."""
+
+from bench_scripts import load_bench
+
+
+def test_smoke_profiles_both_stages_and_compares_the_fused_blocks(tmp_path, monkeypatch):
+    monkeypatch.setenv("OUT", str(tmp_path))
+    load_bench("ingest_profile").main(["--smoke"])
+    text = (tmp_path / "ingest_profile.txt").read_text()
+    assert "### vision blocks, stock against fused (4 frames per call, median of 5, alternating)" in text
+    # on a CPU the kernels' references run, which compute the stock block's exact bits
+    assert "max |difference| 0.000e+00" in text
+    assert "### encode (preprocess + vision tower + merger): 4 frames per call" in text
+    assert "### prefill + offload" in text
