@@ -27,55 +27,49 @@ def _run(visual, pixels, grid):
         return visual(pixels, grid_thw=grid).pooler_output
 
 
-def _calls(visual):
-    """Counts the fused forward's kernels by patching the module's names."""
+def _count_kernel_calls(monkeypatch) -> dict:
+    """Wraps the fused forward's three kernels (the names ``vision_fused`` calls) to count their calls."""
     from vidqa.vlm import vision_fused
 
-    counts = {"rms": 0, "rope": 0, "gate": 0}
+    counts = {"add_rms_norm": 0, "rotary_qk": 0, "silu_mul": 0}
 
-    def wrap(fn, key):
+    def counted(name):
+        fn = getattr(vision_fused, name)
+
         def inner(*a, **k):
-            counts[key] += 1
+            counts[name] += 1
             return fn(*a, **k)
         return inner
 
-    return counts, {"add_rms_norm": wrap(vision_fused.add_rms_norm, "rms"),
-                    "rotary_qk": wrap(vision_fused.rotary_qk, "rope"),
-                    "silu_mul": wrap(vision_fused.silu_mul, "gate")}
+    for name in counts:
+        monkeypatch.setattr(vision_fused, name, counted(name))
+    return counts
 
 
 def test_fused_reference_path_is_the_stock_tower_exactly(qwen_adapter, monkeypatch):
     """On a CPU the kernels' PyTorch references run: the fused tower gives the same bits, and every
     block really went through the fused forward (two norms, one rotary, one gate per block)."""
-    from vidqa.vlm import vision_fused
-
     visual, pixels, grid = _tower_and_inputs(qwen_adapter)
     ref = _run(visual, pixels, grid)
     assert fuse_vision_blocks(visual) == len(visual.blocks)
     assert fuse_vision_blocks(visual) == len(visual.blocks)  # idempotent
-    counts, patches = _calls(visual)
-    for name, fn in patches.items():
-        monkeypatch.setattr(vision_fused, name, fn)
+    counts = _count_kernel_calls(monkeypatch)
     got = _run(visual, pixels, grid)
     blocks = len(visual.blocks)
-    assert counts == {"rms": 2 * blocks, "rope": blocks, "gate": blocks}
+    assert counts == {"add_rms_norm": 2 * blocks, "rotary_qk": blocks, "silu_mul": blocks}
     assert torch.equal(got, ref)
 
 
 def test_fused_block_falls_back_outside_inference(qwen_adapter, monkeypatch):
     """With autograd on (training) or outside the packed-attention block, the stock forward runs."""
-    from vidqa.vlm import vision_fused
-
     visual, pixels, grid = _tower_and_inputs(qwen_adapter)
     fuse_vision_blocks(visual)
-    counts, patches = _calls(visual)
-    for name, fn in patches.items():
-        monkeypatch.setattr(vision_fused, name, fn)
+    counts = _count_kernel_calls(monkeypatch)
     with torch.no_grad():
         plain = visual(pixels, grid_thw=grid).pooler_output  # stock attention implementation
     with packed_vision_attention(visual):
         trained = visual(pixels, grid_thw=grid).pooler_output
-    assert counts == {"rms": 0, "rope": 0, "gate": 0}
+    assert counts == {"add_rms_norm": 0, "rotary_qk": 0, "silu_mul": 0}
     assert trained.requires_grad
     torch.testing.assert_close(trained.detach(), plain, atol=1e-5, rtol=1e-5)
 

@@ -26,6 +26,8 @@ import types
 
 import torch
 
+from vidqa.vlm.vision_fused import fuse_vision_blocks
+
 WIDTH_MULTIPLE = 64
 
 
@@ -93,8 +95,6 @@ def speed_up_vision(visual: torch.nn.Module, pad: bool = True) -> None:
     keeps the MLP width)."""
     if getattr(visual, "_vidqa_fast", False):
         return
-    from vidqa.vlm.vision_fused import fuse_vision_blocks
-
     patch_embed_as_matmul(visual)
     if pad:
         pad_mlp_width(visual)
