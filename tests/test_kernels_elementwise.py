@@ -91,6 +91,30 @@ def test_rotary_triton_equals_reference_on_qkv_views(dtype, tokens, heads, dim):
 
 
 @needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rotary_triton_grouped_query_heads(dtype):
+    """The language model's case: 7 query heads per key head (the 7B decoder has 28 and 4), separate
+    projections, so q and k have different head counts and strides."""
+    tokens, dim = 9, 32
+    q = torch.randn(tokens, 28 * dim, dtype=dtype, device=DEV).view(tokens, 28, dim)
+    k = torch.randn(tokens, 3, 4, dim, dtype=dtype, device=DEV)[:, 1]  # a strided view
+    freqs = torch.randn(tokens, dim // 2, device=DEV) * 4
+    emb = torch.cat((freqs, freqs), dim=-1)
+    ref = rotary_qk(q, k, emb.cos(), emb.sin(), backend="naive")
+    got = rotary_qk(q, k, emb.cos(), emb.sin(), backend="triton")
+    assert got[0].shape == (tokens, 28, dim) and got[1].shape == (tokens, 4, dim)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, atol=1e-5 if dtype == torch.float32 else 1e-2, rtol=1e-2)
+
+
+def test_rotary_rejects_mismatched_tokens_or_dims():
+    with pytest.raises(ValueError, match="Hq, D"):
+        rotary_qk(torch.randn(3, 2, 8), torch.randn(4, 2, 8), torch.randn(3, 8), torch.randn(3, 8))
+    with pytest.raises(ValueError, match="Hq, D"):
+        rotary_qk(torch.randn(3, 2, 8), torch.randn(3, 2, 6), torch.randn(3, 8), torch.randn(3, 8))
+
+
+@needs_triton
 def test_rotary_uses_both_halves_of_cos_and_sin():
     q = torch.randn(4, 2, 8, device=DEV)
     k = torch.randn(4, 2, 8, device=DEV)

@@ -13,7 +13,8 @@ An adapter owns exactly the steps long video needs and nothing else:
   transformers derives them from the cache length otherwise (see shared TRANSFORMERS_NOTES);
 * ``generate`` -- greedy decoding that streams token ids.
 
-Nothing here patches or copies HF modeling code: the adapter calls the model's own modules.
+Nothing here copies HF modeling code: the adapter calls the model's own modules (the decoder's
+fused inference forward of ``llm_fused.py`` runs them on vidqa's kernels).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 from transformers import DynamicCache
 
 from vidqa.tokens import VisualTokens
+from vidqa.vlm.llm_fused import fuse_language_model
 
 
 @dataclass(frozen=True)
@@ -185,6 +187,9 @@ class VLMAdapter(ABC):
         """
         from vidqa.memory.attention import bottom_right_attention
 
+        if not getattr(self, "_llm_fused", False):  # once: the decoder on fused kernels (llm_fused.py)
+            fuse_language_model(self.language_model)
+            self._llm_fused = True
         pos = positions.to(self.device).unsqueeze(1)  # [P, 1, L]
         if self.position_dims == 1:
             pos = pos[0]  # [1, L] for 1-D RoPE models

@@ -8,15 +8,21 @@ import triton.language as tl
 
 
 @triton.jit
-def _rotary(q_ptr, k_ptr, cos_ptr, sin_ptr, qo_ptr, ko_ptr, H, HALF, stride_n, stride_h,
-            BH: tl.constexpr, BD: tl.constexpr):
+def _rotary(q_ptr, k_ptr, cos_ptr, sin_ptr, qo_ptr, ko_ptr, HQ, HK, HALF, stride_qn, stride_qh,
+            stride_kn, stride_kh, BH: tl.constexpr, BD: tl.constexpr):
     n = tl.program_id(0).to(tl.int64)
     which = tl.program_id(1)
     src = q_ptr
     dst = qo_ptr
-    if which == 1:
+    H = HQ
+    stride_n = stride_qn
+    stride_h = stride_qh
+    if which == 1:  # keys: their own head count (grouped-query attention) and strides
         src = k_ptr
         dst = ko_ptr
+        H = HK
+        stride_n = stride_kn
+        stride_h = stride_kh
     heads = tl.arange(0, BH)[:, None]
     cols = tl.arange(0, BD)[None, :]
     m = (heads < H) & (cols < HALF)
@@ -35,13 +41,14 @@ def _rotary(q_ptr, k_ptr, cos_ptr, sin_ptr, qo_ptr, ko_ptr, H, HALF, stride_n, s
 
 
 def rotary_qk_triton(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-    n, heads, dim = q.shape
-    if q.stride() != k.stride() or q.stride(-1) != 1:
-        q, k = q.contiguous(), k.contiguous()
+    n, dim = q.shape[0], q.shape[2]
+    q = q if q.stride(-1) == 1 else q.contiguous()
+    k = k if k.stride(-1) == 1 else k.contiguous()
     cos = cos.float().contiguous()
     sin = sin.float().contiguous()
     qo, ko = torch.empty(q.shape, dtype=q.dtype, device=q.device), torch.empty(k.shape, dtype=k.dtype, device=k.device)
     if n:
-        _rotary[(n, 2)](q, k, cos, sin, qo, ko, heads, dim // 2, q.stride(0), q.stride(1),
-                        BH=triton.next_power_of_2(heads), BD=triton.next_power_of_2(dim // 2))
+        _rotary[(n, 2)](q, k, cos, sin, qo, ko, q.shape[1], k.shape[1], dim // 2, q.stride(0), q.stride(1),
+                        k.stride(0), k.stride(1), BH=triton.next_power_of_2(max(q.shape[1], k.shape[1])),
+                        BD=triton.next_power_of_2(dim // 2))
     return qo, ko
