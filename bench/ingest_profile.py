@@ -179,6 +179,63 @@ def fused_blocks_ab(out: Output, adapter, frames: np.ndarray, times: np.ndarray,
     out()
 
 
+def fused_decoder_ab(out: Output, adapter, ingest, tokens, layout, repeats: int) -> None:
+    """The language model with transformers' decoder forward against vidqa's fused one
+    (``vlm/llm_fused.py``): a chunk's ``add_chunk`` (prefill + offload, a full window) and one decoded
+    token over an 8,192-entry cache, stock and fused alternating (median of ``repeats`` after a
+    warm-up round), and how far the fused chunk's last hidden states are from the stock ones."""
+    from vidqa.memory.cache import cache_from
+
+    lm = adapter.language_model
+    fused = lm.__dict__.get("forward")
+    if fused is None:
+        out("### decoder: no fused forward on this model")
+        out()
+        return
+    d = adapter.text_config.hidden_size
+    g = torch.Generator().manual_seed(0)
+    embeds = torch.randn(len(tokens), d, generator=g).to(adapter.device, adapter.dtype)
+    pos = adapter.text_positions(len(tokens), 100)
+    keys = torch.randn(adapter.num_layers, lm.layers[0].self_attn.k_proj.out_features // lm.layers[0].self_attn.head_dim,
+                       8192, lm.layers[0].self_attn.head_dim, device=adapter.device, dtype=adapter.dtype)
+    step = embeds[:1]
+
+    def chunk():
+        return ingest.add_chunk(tokens, layout, float(layout.t0) + 1)
+
+    def decode():
+        adapter.forward(step, adapter.text_positions(1, 9000), cache_from(keys, keys))
+
+    walls = {(w, s): [] for w in ("chunk", "decode") for s in ("stock", "fused")}
+    hidden = {}
+    for i in range(repeats + 1):
+        for setting in ("stock", "fused"):
+            if setting == "stock":
+                lm.__dict__.pop("forward", None)
+            else:
+                lm.forward = fused
+            hidden[setting] = adapter.forward(embeds, pos, None, logits_for="hidden").float()
+            for what, fn in (("chunk", chunk), ("decode", decode)):
+                cuda_sync()
+                t0 = time.perf_counter()
+                fn()
+                cuda_sync()
+                if i:
+                    walls[(what, setting)].append(time.perf_counter() - t0)
+    lm.forward = fused
+    a, b = hidden["fused"], hidden["stock"]
+    rel = float((a - b).norm() / b.norm().clamp_min(1e-12))
+    out(f"### decoder, stock against fused (median of {repeats}, alternating)")
+    for what, label in (("chunk", f"prefill + offload of {len(tokens)} visual tokens"),
+                        ("decode", "one decoded token over 8,192 cached entries")):
+        st, fu = (statistics.median(walls[(what, s)]) for s in ("stock", "fused"))
+        ratios = sorted(x / y for x, y in zip(walls[(what, "stock")], walls[(what, "fused")]))
+        out(f"{label}: stock {st * 1e3:.1f} ms, fused {fu * 1e3:.1f} ms; stock / fused "
+            f"{statistics.median(ratios):.2f}x (runs {ratios[0]:.2f}-{ratios[-1]:.2f})")
+    out(f"fused last hidden states against stock: relative (Frobenius) difference {rel:.2e}")
+    out()
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     device = default_device()
@@ -211,6 +268,7 @@ def main(argv=None) -> None:
         wall, prof = profiled(lambda: ingest.add_chunk(tokens, layout, float(n)), args.repeats, device)
         report_stage(out, f"prefill + offload ({len(tokens)} visual tokens, window of {MemoryConfig.window_chunks})",
                      wall, prof, args.repeats, n, args.top, device)
+        fused_decoder_ab(out, adapter, ingest, tokens, layout, max(args.repeats, 5))
         ingest.close()
         del ingest, tokens
         if device == "cuda":

@@ -12,3 +12,8 @@ def test_smoke_profiles_both_stages_and_compares_the_fused_blocks(tmp_path, monk
     assert "max |difference| 0.000e+00" in text
     assert "### encode (preprocess + vision tower + merger): 4 frames per call" in text
     assert "### prefill + offload" in text
+    # the decoder A/B: both settings timed, and the fused decoder computes the stock one's states
+    assert "### decoder, stock against fused (median of 5, alternating)" in text
+    assert "one decoded token over 8,192 cached entries: stock" in text
+    rel = float(text.split("fused last hidden states against stock: relative (Frobenius) difference ")[1].split()[0])
+    assert rel < 1e-5

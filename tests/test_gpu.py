@@ -175,3 +175,47 @@ def test_host_staging_gives_equal_pageable_copies():
         assert host.device.type == "cpu" and not host.is_pinned()
         assert torch.equal(host, x.cpu())
     assert stage.buffer.is_pinned() and stage.buffer.numel() == 28 * 4 * 2016 * 128  # grown once, reused
+
+
+def test_fused_decoder_at_7b_widths_in_bf16_matches_stock():
+    """llm_fused at the 7B decoder's widths (28 query and 4 key heads, 18,944-wide MLP, M-RoPE
+    sections 16/24/24) on the Triton kernels: a 300-token chunk after 200 cached entries and one
+    decoded token, against transformers' decoder on the same weights and cache."""
+    import copy
+
+    from transformers import DynamicCache, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from vidqa.vlm.qwen2_5_vl import Qwen2_5_VLAdapter
+    from vidqa.vlm.tiny import tiny_qwen2_5_vl
+
+    _, processor = tiny_qwen2_5_vl()
+    text = dict(vocab_size=len(processor.tokenizer), hidden_size=3584, intermediate_size=18944, num_hidden_layers=2,
+                num_attention_heads=28, num_key_value_heads=4, rope_theta=1e6,
+                rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]})
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=dict(depth=1, hidden_size=64, num_heads=2,
+                                                                   out_hidden_size=3584))
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.bfloat16).eval()
+    fused = Qwen2_5_VLAdapter(model, processor, "test/7b-widths")
+    stock = copy.copy(fused)
+    stock._llm_fused = True  # never installs the fused forward
+
+    def run(adapter):
+        torch.manual_seed(1)
+        cache = DynamicCache()
+        adapter.forward(torch.randn(200, 3584, device="cuda"), adapter.text_positions(200, 0), cache)
+        pos = adapter.text_positions(300, 200)
+        pos[1:, :] -= torch.arange(300) % 7  # the axes differ, as for visual tokens
+        chunk = adapter.forward(torch.randn(300, 3584, device="cuda"), pos, cache, logits_for="hidden")
+        step = adapter.forward(torch.randn(1, 3584, device="cuda"), adapter.text_positions(1, 500), cache,
+                               logits_for="hidden")
+        return chunk.float(), step.float()
+
+    got = run(fused)
+    assert model.model.language_model.__dict__.get("forward") is not None
+    model.model.language_model.__dict__.pop("forward")
+    ref = run(stock)
+    for a, b in zip(got, ref):
+        rel = float((a - b).norm() / b.norm())
+        assert rel < 2e-2, rel  # bf16 roundings differ (float32 rotary in the fused path)
