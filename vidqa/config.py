@@ -30,6 +30,8 @@ class VideoConfig:
     max_pixels: int | None = None  # None: the adapter's processor default
     decoder: str = "auto"
     decode_workers: int | None = None  # decoders for sparse sampling; None: min(4, cores)
+    # Chunks per vision-tower call (vidqa/encode_groups.py); exact, so not part of the ingest key.
+    encode_chunks: int = 2
 
     def __post_init__(self):
         _check(self.fps > 0, f"fps must be positive, got {self.fps}")
@@ -43,6 +45,8 @@ class VideoConfig:
         _check(self.decode_workers is None or (isinstance(self.decode_workers, int)
                                                and not isinstance(self.decode_workers, bool) and self.decode_workers >= 1),
                f"decode_workers must be a positive integer, got {self.decode_workers!r}")
+        _check(isinstance(self.encode_chunks, int) and not isinstance(self.encode_chunks, bool)
+               and self.encode_chunks >= 1, f"encode_chunks must be a positive integer, got {self.encode_chunks!r}")
 
 
 RETRIEVAL_SCORES = ("mass", "mean")
@@ -168,6 +172,7 @@ class VidqaConfig:
         }
         agnostic["video"].pop("decoder")  # every backend returns the same frames,
         agnostic["video"].pop("decode_workers")  # and so does any number of parallel decoders
+        agnostic["video"].pop("encode_chunks")  # and the tower encodes each chunk alike however grouped
         blob = json.dumps(agnostic, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

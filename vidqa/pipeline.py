@@ -157,6 +157,7 @@ class VideoQA:
         return memory
 
     def _ingest(self, path: Path, info, progress: ProgressFn | None, fingerprint: str) -> VideoMemory:
+        from vidqa.encode_groups import encode_group, groups
         from vidqa.video import iter_chunks, sample_times
 
         vc = self.config.video
@@ -170,12 +171,14 @@ class VideoQA:
         ingest = StreamingIngest(adapter, self.config.memory)
         counts = {"tokens_in": 0, "tokens_kept": 0}
 
-        def process(frames, times, first_index: int, reducer):
-            """Encode, reduce and prefill one chunk; out of GPU memory, retry it as two halves."""
+        def process(frames, times, first_index: int, reducer, tokens=None):
+            """Encode (unless ``tokens`` are given), reduce and prefill one chunk; out of GPU memory,
+            retry it as two halves."""
             saved = copy.deepcopy(reducer)  # a retry must see the reducer state of before
             try:
                 t0 = time.perf_counter()
-                tokens = adapter.encode(frames, times, first_index=first_index)
+                if tokens is None:
+                    tokens = adapter.encode(frames, times, first_index=first_index)
                 layout = adapter.chunk_layout(tokens)
                 t1 = time.perf_counter()
                 kept = reducer(tokens) if reducer is not None else tokens
@@ -188,6 +191,7 @@ class VideoQA:
                 counts["tokens_kept"] += len(kept)
                 return reducer
             except torch.cuda.OutOfMemoryError as err:
+                tokens = kept = None
                 torch.cuda.empty_cache()
                 if len(frames) <= 2:
                     raise ResourceError(
@@ -197,18 +201,36 @@ class VideoQA:
                 reducer = process(frames[:half], times[:half], first_index, saved)
                 return process(frames[half:], times[half:], first_index + half, reducer)
 
+        def process_group(group, reducer):
+            """One vision-tower call for the group's chunks (encode_groups.py), then each chunk on its
+            own; out of GPU memory in the joint call, every chunk is encoded by itself."""
+            encoded = [None] * len(group)
+            if len(group) > 1:
+                t0 = time.perf_counter()
+                try:
+                    encoded = encode_group(adapter, group)
+                except torch.cuda.OutOfMemoryError:
+                    torch.cuda.empty_cache()
+                timings["encode"] += time.perf_counter() - t0
+            nonlocal done
+            for i, chunk in enumerate(group):
+                tokens, encoded[i] = encoded[i], None  # released once prefilled
+                reducer = process(chunk.frames, chunk.times, int(chunk.indices[0]), reducer, tokens)
+                done += len(chunk.times)
+                if progress is not None:
+                    progress(done, total, {**counts, "elapsed": time.perf_counter() - t_start})
+            return reducer
+
         done = 0
         t_mark = time.perf_counter()
         try:
-            for chunk in iter_chunks(path, fps=vc.fps, num_frames=vc.num_frames, max_frames=vc.max_frames,
-                                     chunk_frames=vc.chunk_frames, max_pixels=vc.max_pixels,
-                                     decoder=vc.decoder, decode_workers=vc.decode_workers, info=info):
+            chunks = iter_chunks(path, fps=vc.fps, num_frames=vc.num_frames, max_frames=vc.max_frames,
+                                 chunk_frames=vc.chunk_frames, max_pixels=vc.max_pixels,
+                                 decoder=vc.decoder, decode_workers=vc.decode_workers, info=info)
+            for group in groups(chunks, vc.encode_chunks):
                 timings["decode"] += time.perf_counter() - t_mark
-                stream = process(chunk.frames, chunk.times, int(chunk.indices[0]), stream)
+                stream = process_group(group, stream)
                 t_mark = time.perf_counter()
-                done += len(chunk.times)
-                if progress is not None:
-                    progress(done, total, {**counts, "elapsed": t_mark - t_start})
         finally:
             ingest.close()  # the last blocks reach the host (or the thread's error is raised) here
         tokens_in, tokens_kept = counts["tokens_in"], counts["tokens_kept"]

@@ -73,6 +73,16 @@ class VisualTokens:
             extra=dict(self.extra),
         )
 
+    def split_at_frames(self, starts: list[int]) -> list["VisualTokens"]:
+        """Consecutive pieces: the tokens of frames before ``starts[0]``, of ``[starts[0], starts[1])``,
+        ..., of ``starts[-1]`` onwards (``starts`` ascending frame indices). Tokens are in frame order
+        (the contract), so each piece is a slice: embeddings are views, not copies."""
+        cuts = torch.searchsorted(self.frame.cpu().contiguous(), torch.tensor(starts, dtype=self.frame.dtype)).tolist()
+        bounds = [0, *cuts, len(self)]
+        return [VisualTokens(embeds=self.embeds[a:b], frame=self.frame[a:b], time=self.time[a:b],
+                             grid=self.grid[a:b], size=self.size[a:b], grid_hw=self.grid_hw, extra=dict(self.extra))
+                for a, b in zip(bounds[:-1], bounds[1:])]
+
     def replace(self, **changes) -> "VisualTokens":
         """A copy with some fields replaced (e.g. merged embeddings and sizes)."""
         fields = dict(
