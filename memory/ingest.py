@@ -60,8 +60,9 @@ class StreamingIngest:
         self.sink_keys, self.sink_values = cache_tail(cache, len(ids))
         self.position = len(ids)
         self.blocks: list[KVBlock] = []
-        # (keys, values) [L, Hkv, n, Dh] of the chunks in the window, on the device.
-        self.window: deque[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = deque()
+        # (keys, values) [L, Hkv, n, Dh] of the chunks in the window, on the device, with the range of
+        # their visual entries.
+        self.window: deque[tuple[torch.Tensor, torch.Tensor, tuple[int, int]]] = deque()
         self.recurrent_keys: deque[torch.Tensor] = deque()  # each [L, Hkv, 1, Dh]
         self.recurrent_values: deque[torch.Tensor] = deque()
         self.peak_context = 0
@@ -97,7 +98,9 @@ class StreamingIngest:
             positions.append(a.text_positions(n_extra, after + len(close_ids)))
         embeds, pos = torch.cat(parts), torch.cat(positions, dim=1)
         visual = torch.zeros(embeds.shape[0], dtype=torch.bool)
-        visual[len(open_ids):len(open_ids) + len(tokens)] = True
+        first_visual = len(open_ids)  # the visual entries are one contiguous run: slices, never a mask
+        visual_range = (first_visual, first_visual + len(tokens))
+        visual[visual_range[0]:visual_range[1]] = True
 
         cache = self._context()
         self.peak_context = max(self.peak_context, cache_length(cache) + embeds.shape[0])
@@ -105,41 +108,51 @@ class StreamingIngest:
         keys, values = cache_tail(cache, embeds.shape[0])
         del cache
 
-        on_device = visual.to(keys.device)
-        visual_keys = keys[:, :, on_device]  # [L, Hkv, n_visual, Dh]
         block = KVBlock(
-            keys=None,  # filled in by the offload thread (_store)
+            keys=None,  # these three are filled in by the offload thread (_store)
             values=None,
+            summary=None,
             visual=visual,
-            summary=visual_keys.float().mean(dim=2).cpu()
-            if len(tokens) else keys.float().mean(dim=2).cpu(),
             start=self.position,
             end=after + len(close_ids) + n_extra,
             t_start=float(layout.t0),
             t_end=float(t_end),
             frames=torch.unique(tokens.frame).cpu(),
             tokens_before_reduction=layout.num_tokens,
-            grids=GridRecord.of(tokens, visual_keys, self.config.distinct_keys),
+            grids=None,
         )
         self.blocks.append(block)
         self.position = block.end
-        self._offload(block, keys, values)
-        self._slide(keys, values, on_device)
+        # Nothing here waits for the GPU (no host copy, no boolean mask): the host goes on to the next
+        # chunk's frames and vision tower while the GPU still runs this prefill.
+        self._offload(block, keys, values, tokens, visual_range)
+        self._slide(keys, values, visual_range)
         return block
 
-    def _offload(self, block: KVBlock, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """Queues the packing of ``keys``/``values`` into ``block``; waits while the queue is full."""
+    def _offload(self, block: KVBlock, keys: torch.Tensor, values: torch.Tensor, tokens: VisualTokens,
+                 visual_range: tuple[int, int]) -> None:
+        """Queues the packing of ``keys``/``values`` and the block's summaries into ``block``; waits
+        while the queue is full."""
         ready = None
         if self._stream is not None:
             ready = torch.cuda.Event()
             ready.record()  # the prefill that wrote them, on the caller's stream
-        self._pending.append(self._offloader.submit(self._store, block, keys, values, ready))
+        self._pending.append(self._offloader.submit(self._store, block, keys, values, tokens, visual_range, ready))
         while len(self._pending) > OFFLOAD_QUEUE:
             self._wait_oldest()
 
-    def _store(self, block: KVBlock, keys: torch.Tensor, values: torch.Tensor, ready) -> None:
+    def _describe(self, block: KVBlock, keys: torch.Tensor, tokens: VisualTokens, visual_range) -> None:
+        """The block's question-agnostic summaries, on the host: its mean (visual) key and its grids."""
+        lo, hi = visual_range
+        visual_keys = keys[:, :, lo:hi]  # [L, Hkv, n_visual, Dh]
+        block.summary = (visual_keys if hi > lo else keys).float().mean(dim=2).cpu()
+        block.grids = GridRecord.of(tokens, visual_keys, self.config.distinct_keys)
+
+    def _store(self, block: KVBlock, keys: torch.Tensor, values: torch.Tensor, tokens: VisualTokens,
+               visual_range, ready) -> None:
         bits, group = self.config.kv_bits, self.config.group_size
         if self._stream is None:
+            self._describe(block, keys, tokens, visual_range)
             block.keys, block.values = StoredKV.pack(keys, bits, group), StoredKV.pack(values, bits, group)
             return
         with torch.cuda.stream(self._stream):
@@ -148,6 +161,8 @@ class StreamingIngest:
             # them: the allocator must not hand their memory out before this stream is done.
             keys.record_stream(self._stream)
             values.record_stream(self._stream)
+            tokens.embeds.record_stream(self._stream)
+            self._describe(block, keys, tokens, visual_range)
             block.keys = StoredKV.pack(keys, bits, group, to_host=self._staging)
             block.values = StoredKV.pack(values, bits, group, to_host=self._staging)
             self._stream.synchronize()  # nothing of this stream is pending when the references drop
@@ -167,9 +182,9 @@ class StreamingIngest:
         finally:
             self._offloader.shutdown(wait=True, cancel_futures=True)
 
-    def _slide(self, keys, values, visual) -> None:
+    def _slide(self, keys, values, visual_range) -> None:
         """Pushes the new chunk into the window; chunks leaving it feed the recurrent memory."""
-        self.window.append((keys, values, visual))
+        self.window.append((keys, values, visual_range))
         while len(self.window) > self.config.window_chunks:
             k, v, vis = self.window.popleft()
             for sk, sv in _summaries(k, v, vis, self.config.recurrent_tokens):
@@ -190,14 +205,12 @@ class StreamingIngest:
         )
 
 
-def _summaries(keys, values, visual, count: int):
+def _summaries(keys, values, visual_range: tuple[int, int], count: int):
     """``count`` mean-pooled (key, value) entries ``[L, Hkv, 1, Dh]`` over contiguous groups of the
-    chunk's visual tokens (in time order: the first group is the chunk's start)."""
-    if count == 0:
+    chunk's visual entries ``visual_range`` (in time order: the first group is the chunk's start)."""
+    lo, hi = visual_range
+    if count == 0 or hi <= lo:
         return []
-    idx = visual.nonzero().flatten()
-    if idx.numel() == 0:
-        return []
-    return [(keys[:, :, g].mean(dim=2, keepdim=True), values[:, :, g].mean(dim=2, keepdim=True))
-            for g in torch.tensor_split(idx, min(count, idx.numel()))]
-
+    groups = torch.tensor_split(torch.arange(lo, hi), min(count, hi - lo))
+    return [(keys[:, :, int(g[0]):int(g[-1]) + 1].mean(dim=2, keepdim=True),
+             values[:, :, int(g[0]):int(g[-1]) + 1].mean(dim=2, keepdim=True)) for g in groups]
