@@ -72,8 +72,12 @@ def profile_table(ref: dict, work: dict, limits: dict) -> list[dict]:
         {"stage": "other (Python, context assembly, summaries)", "work": "", "limit_s": None,
          "measured_s": st["other"]},
     ]
-    rows.append({"stage": "ingest", "work": "", "limit_s": sum(r["limit_s"] or 0.0 for r in rows),
-                 "measured_s": ref["ingest_s"]})
+    limit = sum(r["limit_s"] or 0.0 for r in rows)
+    rows.append({"stage": "ingest", "work": "stages timed one after another", "limit_s": limit,
+                 "measured_s": ref.get("staged_ingest_s", ref["ingest_s"])})
+    if "staged_ingest_s" in ref:  # the same ingest as a user runs it: the host queues ahead of the GPU
+        rows.append({"stage": "ingest as run", "work": "stages overlapped (no synchronisation)", "limit_s": limit,
+                     "measured_s": ref["ingest_s"]})
     return rows
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from gpu_device import cuda_sync
+from gpu_device import cuda_sync as _cuda_sync
 from gpu_models import vision_module
 
 
@@ -20,13 +20,16 @@ class StageTimer:
     parallel with the others: its time is the thread's own, not part of the ingest's critical path.
     Restored on exit.
 
+    With ``sync=False`` nothing is synchronised (the ingest overlaps its stages as it does when not
+    measured): only the shapes and bytes are recorded, and ``seconds`` mean nothing.
+
     ``seconds``: ``encode``, ``vision``, ``llm``, ``offload``; ``bytes``: ``frames`` (uint8 frames
     handed to ``encode``), ``offload`` (bytes stored on the host); ``vision_calls``: Qwen
     ``video_grid_thw`` rows per call, or SigLIP image counts; ``llm_calls``: ``(new, cached)`` tokens.
     """
 
-    def __init__(self, adapter, family: str):
-        self.adapter, self.family = adapter, family
+    def __init__(self, adapter, family: str, sync: bool = True):
+        self.adapter, self.family, self.sync = adapter, family, sync
         self.vision = vision_module(adapter.model, family)
 
     def __enter__(self) -> "StageTimer":
@@ -37,6 +40,7 @@ class StageTimer:
         self.vision_calls: list = []
         self.llm_calls: list[tuple[int, int]] = []
         starts: dict[str, float] = {}
+        cuda_sync = _cuda_sync if self.sync else (lambda: None)
 
         def vision_pre(module, args, kwargs):
             cuda_sync()

@@ -32,6 +32,14 @@ from vidqa.tokens import VisualTokens
 from vidqa.vlm.llm_fused import fuse_language_model
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``; a host tensor bound for a GPU goes through pinned memory, asynchronously, so
+    that the host does not wait for the GPU's queue (small positions and ids every forward)."""
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 @dataclass(frozen=True)
 class ChunkLayout:
     """Where a chunk's visual tokens sit before any reduction.
@@ -104,10 +112,19 @@ class VLMAdapter(ABC):
     def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """Input embeddings ``[L, D]`` of token ids ``[L]``."""
         with torch.no_grad():
-            return self.model.get_input_embeddings()(ids.to(self.device))
+            return self.model.get_input_embeddings()(to_device(ids, self.device))
 
     def decode_ids(self, ids) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def frames_for_processor(self, frames: np.ndarray):
+        """``frames`` uint8 ``[T, H, W, 3]`` as the processor should get them: on a CUDA model, already
+        on the device, copied through pinned memory without waiting. A pageable copy (what the
+        processor does with a numpy array) first waits for the GPU to drain, which would end the
+        overlap of this chunk's preprocessing with the previous chunk's prefill."""
+        if self.device.type != "cuda":
+            return np.asarray(frames)
+        return to_device(torch.from_numpy(np.ascontiguousarray(frames)), self.device)
 
     # ------------------------------------------------------------------ family-specific parts
     @abstractmethod
@@ -190,7 +207,7 @@ class VLMAdapter(ABC):
         if not getattr(self, "_llm_fused", False):  # once: the decoder on fused kernels (llm_fused.py)
             fuse_language_model(self.language_model)
             self._llm_fused = True
-        pos = positions.to(self.device).unsqueeze(1)  # [P, 1, L]
+        pos = to_device(positions, self.device).unsqueeze(1)  # [P, 1, L]
         if self.position_dims == 1:
             pos = pos[0]  # [1, L] for 1-D RoPE models
         # Each layer attends with its own cache length and no mask tensor (memory/attention.py).

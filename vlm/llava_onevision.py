@@ -53,7 +53,7 @@ class LlavaOnevisionAdapter(VLMAdapter):
         """SigLIP + projector + pooling on ``frames`` ``[T, H, W, 3]`` -> ``T * tokens_per_frame`` tokens."""
         # Resize and normalise where the model runs, as the Qwen adapter does: on the CPU the processor's
         # resize to 384x384 was 21 of the 58 s an hour of 1 fps video took to ingest on an H200.
-        inputs = self.processor.video_processor(videos=[np.asarray(frames)], return_tensors="pt",
+        inputs = self.processor.video_processor(videos=[self.frames_for_processor(frames)], return_tensors="pt",
                                                 device=str(self.device))
         pixels = inputs["pixel_values_videos"].to(self.device, self.dtype)
         cfg = self.model.config

@@ -20,8 +20,9 @@ import torch
 
 from vidqa.tokens import VisualTokens
 from vidqa.vlm.base import ChunkLayout, VLMAdapter
-from vidqa.vlm.vision_attention import packed_vision_attention
+from vidqa.vlm.vision_attention import is_packed, packed_vision_attention
 from vidqa.vlm.vision_fast import speed_up_vision
+from vidqa.vlm.vision_plan import VisionPlans
 
 
 def format_timestamp(seconds: float) -> str:
@@ -47,6 +48,7 @@ class Qwen2_5_VLAdapter(VLMAdapter):
         # Qwen2-VL has no absolute-time positions: one temporal position per grid.
         self.tokens_per_second = getattr(vc, "tokens_per_second", None)
         self.timestamps_in_prompt = timestamps_in_prompt
+        self._vision_plans = VisionPlans(model.model.visual)
 
     # ------------------------------------------------------------------ vision
     def encode(self, frames: np.ndarray, times: np.ndarray, first_index: int = 0) -> VisualTokens:
@@ -60,17 +62,24 @@ class Qwen2_5_VLAdapter(VLMAdapter):
         vp = self.processor.video_processor
         # Resizing and normalising run where the model runs (the processor is torchvision-based):
         # on a GPU this removes the largest CPU cost of ingest.
-        inputs = vp(videos=[np.asarray(frames)], return_tensors="pt", do_sample_frames=False,
+        inputs = vp(videos=[self.frames_for_processor(frames)], return_tensors="pt", do_sample_frames=False,
                     cap_pixels_per_frame=False, device=str(self.device))
         pixels = inputs["pixel_values_videos"].to(self.device)
-        grid_thw = inputs["video_grid_thw"].to(self.device)
+        grid_thw = inputs["video_grid_thw"].cpu()  # built from shapes on the host: no device sync to read
+        visual = self.model.model.visual
         # Exact rewrites of the tower's slow products (vision_fast.py), once, at the first encode so that
         # training the same tower (synth/train.py) keeps its architecture.
-        speed_up_vision(self.model.model.visual, pad=self.device.type == "cuda")
+        speed_up_vision(visual, pad=self.device.type == "cuda")
         # Packed window attention: one SDPA call per window size instead of one per window.
-        with torch.no_grad(), packed_vision_attention(self.model.model.visual):
-            out = self.model.model.get_video_features(pixel_values_videos=pixels, video_grid_thw=grid_thw)
-        embeds = out.pooler_output[0] if hasattr(out, "pooler_output") else out[0]
+        with torch.no_grad(), packed_vision_attention(visual):
+            # The grid's positions, windows and segments, computed once per frame size (vision_plan.py).
+            plan = self._vision_plans.kwargs(grid_thw, pixels.shape[0], self.device) if is_packed(visual.config) else {}
+            if plan:
+                embeds = visual(pixels.to(visual.dtype), grid_thw=grid_thw, **plan).pooler_output
+            else:
+                out = self.model.model.get_video_features(pixel_values_videos=pixels,
+                                                          video_grid_thw=grid_thw.to(self.device))
+                embeds = out.pooler_output[0] if hasattr(out, "pooler_output") else out[0]
         return self.token_metadata(embeds, inputs["video_grid_thw"][0], times, first_index)
 
     def token_metadata(self, embeds: torch.Tensor, grid_thw, times, first_index: int = 0) -> VisualTokens:

@@ -27,6 +27,18 @@ import torch
 NAME = "vidqa_flash_varlen_sdpa"
 _registered = False
 _plans: dict | None = None  # segment plans of the current `packed_vision_attention` block
+# Plans of boundary tensors that outlive a forward (vision_plan.py): id -> (tensor, plan)
+_static: dict[int, tuple] = {}
+
+
+def remember_segments(cu_seq_lens_q: torch.Tensor, n_tokens: int, device) -> None:
+    """Builds the plan of ``cu_seq_lens_q`` (a host tensor reused across forwards) once and keeps it
+    until :func:`forget_segments`."""
+    _static[id(cu_seq_lens_q)] = (cu_seq_lens_q, _build_plan(cu_seq_lens_q, n_tokens, device))
+
+
+def forget_segments(cu_seq_lens_q: torch.Tensor) -> None:
+    _static.pop(id(cu_seq_lens_q), None)
 
 
 def _segment_plan(cu_seq_lens_q, n_tokens: int, device):
@@ -35,21 +47,28 @@ def _segment_plan(cu_seq_lens_q, n_tokens: int, device):
     with the token indices of the segments of each length. One host sync per boundary tensor: the
     tower passes the same two tensors (window and full-attention boundaries) to all of its blocks,
     so inside :func:`packed_vision_attention` a plan is built once per tensor and forward, not per block."""
+    if cu_seq_lens_q is not None:
+        hit = _static.get(id(cu_seq_lens_q))
+        if hit is not None and hit[0] is cu_seq_lens_q:
+            return hit[1]
     cache = _plans if cu_seq_lens_q is not None else None
     hit = cache.get(id(cu_seq_lens_q)) if cache is not None else None
     if hit is not None and hit[0] is cu_seq_lens_q:
         return hit[1]
+    plan = _build_plan(cu_seq_lens_q, n_tokens, device)
+    if cache is not None:
+        cache[id(cu_seq_lens_q)] = (cu_seq_lens_q, plan)  # the tensor is kept so that its id cannot be reused
+    return plan
+
+
+def _build_plan(cu_seq_lens_q, n_tokens: int, device):
     cu = [0, n_tokens] if cu_seq_lens_q is None else [int(x) for x in cu_seq_lens_q.tolist()]
     starts = torch.tensor(cu[:-1])
     lengths = torch.tensor(cu[1:]) - starts
     if (lengths == lengths[0]).all() and lengths[0] > 0:  # the common case: a plain reshape
-        plan = ("one", int(lengths[0]))
-    else:
-        plan = ("groups", [(length, (starts[lengths == length][:, None] + torch.arange(length)).to(device))
-                           for length in torch.unique(lengths).tolist() if length > 0])
-    if cache is not None:
-        cache[id(cu_seq_lens_q)] = (cu_seq_lens_q, plan)  # the tensor is kept so that its id cannot be reused
-    return plan
+        return ("one", int(lengths[0]))
+    return ("groups", [(length, (starts[lengths == length][:, None] + torch.arange(length)).to(device))
+                       for length in torch.unique(lengths).tolist() if length > 0])
 
 
 def segment_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seq_lens_q, scaling=None) -> torch.Tensor:
