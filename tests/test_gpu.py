@@ -219,3 +219,63 @@ def test_fused_decoder_at_7b_widths_in_bf16_matches_stock():
     for a, b in zip(got, ref):
         rel = float((a - b).norm() / b.norm())
         assert rel < 2e-2, rel  # bf16 roundings differ (float32 rotary in the fused path)
+
+
+def test_qwen_encode_on_cuda_replays_a_vision_graph_equal_to_eager():
+    """The third encode of one frame size is a CUDA-graph replay (vision_graph.py) with the eager
+    tower's tokens; the CPU path gives the same tokens (float32 tiny model), and VIDQA_VISION_GRAPHS=0
+    keeps it eager."""
+    import os
+
+    import numpy as np
+
+    from vidqa.vlm.qwen2_5_vl import Qwen2_5_VLAdapter
+    from vidqa.vlm.tiny import tiny_qwen2_5_vl
+
+    model, processor = tiny_qwen2_5_vl()
+    frames = np.random.default_rng(5).integers(0, 256, (4, 40, 56, 3), dtype=np.uint8)
+    cpu = Qwen2_5_VLAdapter(model, processor, "tiny").encode(frames, np.arange(4.0))
+    adapter = Qwen2_5_VLAdapter(model.to("cuda"), processor, "tiny")
+    runs = [adapter.encode(frames, np.arange(4.0)) for _ in range(4)]
+    assert adapter._vision_graphs.replays == 2  # the first eager, the second captured, then replays
+    for r in runs[1:]:
+        assert torch.equal(r.embeds, runs[0].embeds)
+    torch.testing.assert_close(runs[-1].embeds.cpu(), cpu.embeds, atol=2e-3, rtol=2e-3)
+    os.environ["VIDQA_VISION_GRAPHS"] = "0"
+    try:
+        adapter.encode(frames, np.arange(4.0))
+        assert adapter._vision_graphs.replays == 2
+    finally:
+        del os.environ["VIDQA_VISION_GRAPHS"]
+
+
+def test_vision_graph_of_the_7b_tower_in_bf16_equals_eager():
+    """A 16-frame chunk of 588x336 frames through a 2-block tower at the 7B widths (a window block and
+    a full-attention one; fused blocks, packed attention, cuDNN attention inside the capture)."""
+    from transformers import Qwen2_5_VLConfig
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+
+    from vidqa.vlm.vision_attention import packed_vision_attention
+    from vidqa.vlm.vision_fast import speed_up_vision
+    from vidqa.vlm.vision_graph import VisionGraphs
+    from vidqa.vlm.vision_plan import VisionPlans
+
+    vc = Qwen2_5_VLConfig(vision_config=dict(depth=2, hidden_size=1280, intermediate_size=3420, num_heads=16,
+                                             out_hidden_size=3584, fullatt_block_indexes=[1])).vision_config
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        tower = Qwen2_5_VisionTransformerPretrainedModel._from_config(vc, dtype=torch.bfloat16).eval()
+    speed_up_vision(tower)
+    grid = torch.tensor([[8, 24, 42]])
+    pixels = torch.randn(8 * 24 * 42, 3 * 2 * 14 * 14, device="cuda", dtype=torch.bfloat16)
+    plans, graphs = VisionPlans(tower), VisionGraphs(tower)
+    with torch.no_grad(), packed_vision_attention(tower):
+        plan = plans.kwargs(grid, pixels.shape[0], torch.device("cuda"))
+        eager = graphs.eager(pixels, grid, dict(plan))
+        outs = [graphs(pixels, grid, plan) for _ in range(3)]
+        other = graphs(pixels * 0.5, grid, plan)  # the replay reads the new input
+        ref_other = graphs.eager(pixels * 0.5, grid, dict(plan))
+    assert graphs.replays == 2
+    for o in outs:
+        torch.testing.assert_close(o.float(), eager.float(), atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(other.float(), ref_other.float(), atol=1e-2, rtol=1e-2)

@@ -22,6 +22,7 @@ from vidqa.tokens import VisualTokens
 from vidqa.vlm.base import ChunkLayout, VLMAdapter
 from vidqa.vlm.vision_attention import is_packed, packed_vision_attention
 from vidqa.vlm.vision_fast import speed_up_vision
+from vidqa.vlm.vision_graph import VisionGraphs
 from vidqa.vlm.vision_plan import VisionPlans
 
 
@@ -49,6 +50,7 @@ class Qwen2_5_VLAdapter(VLMAdapter):
         self.tokens_per_second = getattr(vc, "tokens_per_second", None)
         self.timestamps_in_prompt = timestamps_in_prompt
         self._vision_plans = VisionPlans(model.model.visual)
+        self._vision_graphs = VisionGraphs(model.model.visual)
 
     # ------------------------------------------------------------------ vision
     def encode(self, frames: np.ndarray, times: np.ndarray, first_index: int = 0) -> VisualTokens:
@@ -75,7 +77,7 @@ class Qwen2_5_VLAdapter(VLMAdapter):
             # The grid's positions, windows and segments, computed once per frame size (vision_plan.py).
             plan = self._vision_plans.kwargs(grid_thw, pixels.shape[0], self.device) if is_packed(visual.config) else {}
             if plan:
-                embeds = visual(pixels.to(visual.dtype), grid_thw=grid_thw, **plan).pooler_output
+                embeds = self._vision_graphs(pixels.to(visual.dtype), grid_thw, plan)  # a CUDA graph on a GPU
             else:
                 out = self.model.model.get_video_features(pixel_values_videos=pixels,
                                                           video_grid_thw=grid_thw.to(self.device))
