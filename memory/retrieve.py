@@ -66,14 +66,18 @@ def score_blocks(queries: list[torch.Tensor], blocks: list[KVBlock], cache: dict
                  method: str = "mass") -> torch.Tensor:
     """Scores ``[num_blocks]`` by ``method`` (module docstring). ``cache``: a dict that lives with the
     memory (``VideoMemory.retrieval_cache``), so that follow-up questions reuse the gathered
-    representatives (thousands of grids an hour) instead of gathering them again."""
+    representatives (thousands of grids an hour) instead of gathering them again. They are kept on
+    the queries' device: copying them there for every question (310 MB of float32 keys an hour of
+    7B video) made a follow-up question's time to first token grow with the video's length."""
     if not blocks:
         return torch.zeros(0)
+    device = queries[0].device
     cached = cache.get(method) if cache is not None else None
-    if cached is not None and cached[0] == len(blocks):
+    if cached is not None and cached[0] == len(blocks) and cached[1].device == device:
         _, keys, owner, log_weight = cached
     else:
         keys, owner, log_weight = block_representatives(blocks, distinct=method == "mass")
+        keys, log_weight = keys.to(device), log_weight.to(device)
         if cache is not None:
             cache[method] = (len(blocks), keys, owner, log_weight)
     if method == "mean":

@@ -131,6 +131,14 @@ def test_retrieval_scores_a_block_by_its_best_grid():
     gathered = cache["mass"][1]
     assert torch.equal(score_blocks(queries, blocks, cache), first) and cache["mass"][1] is gathered  # reused
     assert not torch.equal(score_blocks(queries, blocks, cache, "mean"), first)  # a second method: its own entry
+    # kept where the queries are; queries on another device gather them there again
+    assert gathered.device == queries[0].device
+    meta = [q.to("meta") for q in queries]
+    try:
+        score_blocks(meta, blocks, cache)
+    except (NotImplementedError, RuntimeError):
+        pass  # meta tensors cannot be scored; what matters is that the cache was not reused for them
+    assert cache["mass"][1].device.type == "meta" and cache["mass"][1] is not gathered
     blocks[0].grids = None  # without grid keys a block falls back to its summary
     for method in ("mass", "mean"):
         assert int(score_blocks(queries, blocks, method=method).argmax()) == 1, method

@@ -174,3 +174,16 @@ def test_ask_with_history_shows_the_earlier_turns(qa, clip):
     assert recent_turns(long) == long[-1:]
     with pytest.raises(QuestionError):
         qa.ask(clip, "Which colour?", history=[("only a question",)])
+
+
+def test_only_the_most_recent_memories_stay_in_the_process(qa, tmp_path, monkeypatch):
+    from vidqa import pipeline
+
+    clips = [make_video(tmp_path / f"v{i}.mp4", 16 + 4 * i, fps=4, width=64, height=48) for i in range(3)]
+    for c in clips:
+        qa.ingest(c)
+    assert len(qa._memories) == pipeline.MEMORIES_IN_PROCESS == 2
+    assert [k[0] for k in qa._memories] == [str(c.resolve()) for c in clips[1:]]
+    again = qa.ingest(clips[0])  # dropped from the process: back from the on-disk cache, not ingested again
+    assert again.stats.get("loaded_from_cache")
+    assert qa.ingest(clips[0]) is again and qa.ingest(clips[2]) is qa._memories[next(reversed(qa._memories))]

@@ -16,6 +16,7 @@ import copy
 import hashlib
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,9 @@ from vidqa.memory.persist import load_memory, save_memory
 MAX_QUESTION_CHARS = 8000
 MAX_HISTORY_CHARS = 16000  # earlier turns shown with a follow-up question; older ones are dropped first
 MAX_OPTIONS = 26
+# Memories kept in the process (the most recently used; older ones reload from the on-disk cache):
+# an hour of 7B video holds ~13 GB of KV on the host, and its retrieval keys live on the GPU.
+MEMORIES_IN_PROCESS = 2
 
 
 def recent_turns(history) -> list[tuple[str, str]]:
@@ -103,7 +107,8 @@ class VideoQA:
         self.model_name = model or DEFAULT_MODEL
         self.adapter = adapter or load_adapter(self.model_name, device=device)
         self.cache_dir = Path(self.config.cache_dir) if self.config.cache_dir else default_cache_dir()
-        self._memories: dict[tuple[str, str], VideoMemory] = {}  # in-process: (path, settings) -> memory
+        # in-process, most recently used last: (path, settings) -> memory
+        self._memories: OrderedDict[tuple[str, str], VideoMemory] = OrderedDict()
         self._reducers = None
 
     # ------------------------------------------------------------------ ingest
@@ -138,6 +143,7 @@ class VideoQA:
         path = Path(video)
         key = (str(path.resolve()), self.config.ingest_key())
         if use_cache and key in self._memories:
+            self._memories.move_to_end(key)
             return self._memories[key]
         fingerprint = video_fingerprint(path)  # read once: the cache key and the memory's record
         target = self.memory_path(path, fingerprint)
@@ -146,14 +152,20 @@ class VideoQA:
             try:
                 memory = load_memory(target, expect)
                 memory.stats["loaded_from_cache"] = True
-                self._memories[key] = memory
-                return memory
+                return self._keep(key, memory)
             except CacheError:
                 pass  # damaged or stale: rebuilt below, never trusted
         memory = self._ingest(path, info, progress, fingerprint)
         if use_cache:
             save_memory(memory, target)
+        return self._keep(key, memory)
+
+    def _keep(self, key: tuple[str, str], memory: VideoMemory) -> VideoMemory:
+        """Keeps ``memory`` in the process, dropping the least recently used beyond ``MEMORIES_IN_PROCESS``."""
         self._memories[key] = memory
+        self._memories.move_to_end(key)
+        while len(self._memories) > MEMORIES_IN_PROCESS:
+            self._memories.popitem(last=False)
         return memory
 
     def _ingest(self, path: Path, info, progress: ProgressFn | None, fingerprint: str) -> VideoMemory:
