@@ -9,24 +9,13 @@ from transformers import DynamicCache
 
 from vidqa.vlm.llm_fused import fuse_language_model, is_fusable
 
+from kernel_counts import count_kernel_calls
+
 
 def _count_kernel_calls(monkeypatch) -> dict:
-    """Wraps the three kernels as ``llm_fused`` calls them, counting the calls."""
     from vidqa.vlm import llm_fused
 
-    counts = {"add_rms_norm": 0, "rotary_qk": 0, "silu_mul": 0}
-
-    def counted(name):
-        fn = getattr(llm_fused, name)
-
-        def inner(*a, **k):
-            counts[name] += 1
-            return fn(*a, **k)
-        return inner
-
-    for name in counts:
-        monkeypatch.setattr(llm_fused, name, counted(name))
-    return counts
+    return count_kernel_calls(monkeypatch, llm_fused)
 
 
 def _stock_copy(adapter):

@@ -10,6 +10,8 @@ import torch
 from vidqa.vlm.vision_attention import packed_vision_attention
 from vidqa.vlm.vision_fused import fuse_vision_blocks
 
+from kernel_counts import count_kernel_calls
+
 TRITON = os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()
 
 
@@ -28,22 +30,9 @@ def _run(visual, pixels, grid):
 
 
 def _count_kernel_calls(monkeypatch) -> dict:
-    """Wraps the fused forward's three kernels (the names ``vision_fused`` calls) to count their calls."""
     from vidqa.vlm import vision_fused
 
-    counts = {"add_rms_norm": 0, "rotary_qk": 0, "silu_mul": 0}
-
-    def counted(name):
-        fn = getattr(vision_fused, name)
-
-        def inner(*a, **k):
-            counts[name] += 1
-            return fn(*a, **k)
-        return inner
-
-    for name in counts:
-        monkeypatch.setattr(vision_fused, name, counted(name))
-    return counts
+    return count_kernel_calls(monkeypatch, vision_fused)
 
 
 def test_fused_reference_path_is_the_stock_tower_exactly(qwen_adapter, monkeypatch):
