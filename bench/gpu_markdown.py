@@ -113,7 +113,8 @@ def _vidqa(rows: list[dict]) -> list[str]:
     return lines + ["", "Ingest and the questions as a user runs them: the host queues each chunk's work while the "
                         "GPU still runs the previous one's. The stages come from a second ingest of the same video "
                         "with the device synchronised at every stage boundary (the times add up to that ingest's "
-                        "wall time, in brackets; the synchronisation itself makes it longer). Decode wait is the time the pipeline waited for the decoder thread; offload wait "
+                        "wall time, in brackets; the synchronisation itself makes it longer, and its hooks keep the vision tower off "
+                        "its CUDA graph). Decode wait is the time the pipeline waited for the decoder thread; offload wait "
                         "the time it waited for the offload thread, which quantizes and copies each chunk's KV "
                         "to the host in parallel with the other stages"
                     + (f" (its own time: {', '.join(background)})." if background else ".")]

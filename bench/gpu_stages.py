@@ -20,8 +20,9 @@ class StageTimer:
     parallel with the others: its time is the thread's own, not part of the ingest's critical path.
     Restored on exit.
 
-    With ``sync=False`` nothing is synchronised (the ingest overlaps its stages as it does when not
-    measured): only the shapes and bytes are recorded, and ``seconds`` mean nothing.
+    With ``sync=False`` nothing is synchronised or hooked (the ingest overlaps its stages and replays
+    the tower's CUDA graph as it does when not measured): only the frame and offload bytes are
+    recorded, and ``seconds`` mean nothing. The synchronised timer's hooks keep the tower eager.
 
     ``seconds``: ``encode``, ``vision``, ``llm``, ``offload``; ``bytes``: ``frames`` (uint8 frames
     handed to ``encode``), ``offload`` (bytes stored on the host); ``vision_calls``: Qwen
@@ -66,10 +67,12 @@ class StageTimer:
             self.seconds["llm"] += time.perf_counter() - starts["llm"]
 
         lm = self.adapter.language_model
+        # Without synchronisation nothing hooks the tower or the decoder: a hook would keep the tower
+        # off its CUDA graph (vlm/vision_graph.py) and the ingest would not run as it does for a user.
         self._handles = [self.vision.register_forward_pre_hook(vision_pre, with_kwargs=True),
                          self.vision.register_forward_hook(vision_post, with_kwargs=True),
                          lm.register_forward_pre_hook(llm_pre, with_kwargs=True),
-                         lm.register_forward_hook(llm_post, with_kwargs=True)]
+                         lm.register_forward_hook(llm_post, with_kwargs=True)] if self.sync else []
         encode = self.adapter.encode
 
         def timed_encode(frames, times, first_index=0):
