@@ -43,6 +43,11 @@ from vidqa.vlm.base import ChunkLayout, VLMAdapter
 
 
 OFFLOAD_QUEUE = 3  # chunks whose KV may wait on the GPU for the offload thread
+# Chunks the host may queue on the GPU beyond the one running. Without a bound the host runs ahead
+# until CUDA's launch queue is full and then spins inside a launch holding the interpreter lock,
+# which starves the decoder threads (an hour's ingest waited 3.8 s for frames on the lent H200);
+# waiting on an event instead releases the lock.
+AHEAD_CHUNKS = 1
 
 
 class StreamingIngest:
@@ -70,6 +75,7 @@ class StreamingIngest:
         self._pending: deque[Future] = deque()
         self._stream = torch.cuda.Stream(adapter.device) if adapter.device.type == "cuda" else None
         self._staging = HostStaging() if self._stream is not None else None
+        self._queued: deque = deque()  # an event after each queued chunk's prefill (CUDA only)
         self.offload_wait_s = 0.0
 
     def _context(self):
@@ -137,6 +143,9 @@ class StreamingIngest:
         if self._stream is not None:
             ready = torch.cuda.Event()
             ready.record()  # the prefill that wrote them, on the caller's stream
+            self._queued.append(ready)
+            while len(self._queued) > AHEAD_CHUNKS:
+                self._queued.popleft().synchronize()  # the chunk before this one (lock released)
         self._pending.append(self._offloader.submit(self._store, block, keys, values, tokens, visual_range, ready))
         while len(self._pending) > OFFLOAD_QUEUE:
             self._wait_oldest()

@@ -11,7 +11,10 @@ for each chunk: one launch instead of hundreds.
 :class:`VisionGraphs` captures a frame size the second time it is seen (a video's first and last
 chunks, of their own sizes, run eagerly) and keeps the ``capacity`` most recent graphs; a graph
 lives as long as the adapter, so later videos of the same size replay it from their first chunk.
-The replay's output is copied out of the graph's buffer (the next replay overwrites it). Graphs are
+The replay's output is copied out of the graph's buffer (the next replay overwrites it). A graph
+replays the addresses it was captured with, so one whose tower's weights have moved since is
+dropped and captured again (the benchmark swaps the stock MLPs in and out for its native baseline;
+replaying the old addresses read freed memory). Graphs are
 used only on CUDA, without autograd, when no hook watches the tower (the benchmark's stage timers
 run it eagerly), and unless ``VIDQA_VISION_GRAPHS=0``; a capture that fails (a kernel that cannot be
 captured, out of memory) leaves that frame size eager, with a warning.
@@ -37,10 +40,17 @@ class _Graph:
     pixels: torch.Tensor  # the graph's input buffer [n_patches, C * T * P * P]
     out: torch.Tensor  # its output buffer [n_tokens, D]
     inputs: tuple  # what the graph reads besides ``pixels`` (the plan, its segment plans): kept alive
+    weights: tuple  # where the tower's parameters and buffers were at capture (data pointers)
 
 
 def _watched(module: torch.nn.Module) -> bool:
     return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
+def _weights(module: torch.nn.Module) -> tuple:
+    """Where ``module``'s parameters and buffers live: a graph replays these addresses, so weights
+    moved or swapped since its capture (``model.to``, the benchmark's stock tower) invalidate it."""
+    return tuple(t.data_ptr() for t in (*module.parameters(), *module.buffers()))
 
 
 class VisionGraphs:
@@ -69,6 +79,10 @@ class VisionGraphs:
         key = (tuple(tuple(int(v) for v in row) for row in grid_thw.tolist()), tuple(pixels.shape), pixels.dtype,
                str(pixels.device))
         entry = self._graphs.get(key)
+        if entry is not None and entry.weights != _weights(self.visual):
+            self._graphs.clear()  # every graph of this tower read the old addresses: captured again later
+            self._seen.clear()
+            entry = None
         if entry is None:
             self._seen[key] += 1
             if key in self._failed or self._seen[key] < 2:
@@ -104,7 +118,8 @@ class VisionGraphs:
         from vidqa.vlm.vision_attention import _static
 
         segments = tuple(_static.get(id(v)) for v in plan.values() if torch.is_tensor(v))
-        entry = _Graph(graph=graph, pixels=static, out=out, inputs=(dict(plan), segments))
+        entry = _Graph(graph=graph, pixels=static, out=out, inputs=(dict(plan), segments),
+                       weights=_weights(self.visual))
         self._graphs[key] = entry
         while len(self._graphs) > self.capacity:
             self._graphs.popitem(last=False)
