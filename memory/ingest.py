@@ -43,10 +43,10 @@ from vidqa.vlm.base import ChunkLayout, VLMAdapter
 
 
 OFFLOAD_QUEUE = 3  # chunks whose KV may wait on the GPU for the offload thread
-# Chunks the host may queue on the GPU beyond the one running. Without a bound the host runs ahead
-# until CUDA's launch queue is full and then spins inside a launch holding the interpreter lock,
-# which starves the decoder threads (an hour's ingest waited 3.8 s for frames on the lent H200);
-# waiting on an event instead releases the lock.
+# Chunks the host may queue on the GPU beyond the one running. Without a bound the host can run
+# ahead until CUDA's launch queue is full and then block inside a launch holding the interpreter
+# lock, which the decoder threads need (on the lent H200 an hour's ingest waited seconds for frames);
+# waiting on an event instead releases the lock. Its effect alone has not been measured.
 AHEAD_CHUNKS = 1
 
 

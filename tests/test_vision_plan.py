@@ -45,13 +45,14 @@ def test_a_grid_is_planned_once_and_reused(qwen_adapter, monkeypatch):
     again = plans.kwargs(grid, 120, torch.device("cpu"))
     assert all(again[k] is first[k] for k in first if torch.is_tensor(first[k]))
     # the segment plans of both boundary tensors are kept for the forwards to come
-    assert vision_attention._static[id(first["cu_seqlens"])][0] is first["cu_seqlens"]
+    assert vision_attention.remembered_segments(first["cu_seqlens"])[0] is first["cu_seqlens"]
+    assert vision_attention.remembered_segments(first["cu_window_seqlens"])[0] is first["cu_window_seqlens"]
     monkeypatch.undo()
     # two other grids push the first out (capacity 2), and its segment plans go with it
     plans.kwargs(torch.tensor([[2, 12, 6]]), 144, torch.device("cpu"))
     plans.kwargs(torch.tensor([[4, 10, 6]]), 240, torch.device("cpu"))
-    assert id(first["cu_seqlens"]) not in vision_attention._static
-    assert id(first["cu_window_seqlens"]) not in vision_attention._static
+    assert vision_attention.remembered_segments(first["cu_seqlens"]) is None
+    assert vision_attention.remembered_segments(first["cu_window_seqlens"]) is None
 
 
 def test_a_planned_forward_computes_nothing_from_the_grid(qwen_adapter, monkeypatch):

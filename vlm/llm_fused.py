@@ -38,6 +38,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 from vidqa.kernels.rms_norm import add_rms_norm
 from vidqa.kernels.rotary import rotary_qk
 from vidqa.kernels.swiglu import silu_mul
+from vidqa.vlm.hooks import is_watched
 
 
 def _norm_ok(norm) -> bool:
@@ -64,10 +65,6 @@ def is_fusable(language_model: torch.nn.Module) -> bool:
             and _norm_ok(getattr(language_model, "norm", None)) and hasattr(language_model, "rotary_emb"))
 
 
-def _watched(module: torch.nn.Module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks)
-
-
 def _can_fuse(lm, inputs_embeds, kwargs) -> bool:
     from vidqa.memory.attention import NAME
 
@@ -79,7 +76,7 @@ def _can_fuse(lm, inputs_embeds, kwargs) -> bool:
         return False
     if torch.nn.modules.module._global_forward_hooks or torch.nn.modules.module._global_forward_pre_hooks:
         return False
-    return not any(_watched(layer) or _watched(layer.self_attn) for layer in lm.layers)
+    return not any(is_watched(layer) or is_watched(layer.self_attn) for layer in lm.layers)
 
 
 def decoder_forward(lm, embeds: torch.Tensor, position_ids: torch.Tensor, cache) -> torch.Tensor:

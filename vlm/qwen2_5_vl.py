@@ -82,7 +82,7 @@ class Qwen2_5_VLAdapter(VLMAdapter):
                 out = self.model.model.get_video_features(pixel_values_videos=pixels,
                                                           video_grid_thw=grid_thw.to(self.device))
                 embeds = out.pooler_output[0] if hasattr(out, "pooler_output") else out[0]
-        return self.token_metadata(embeds, inputs["video_grid_thw"][0], times, first_index)
+        return self.token_metadata(embeds, grid_thw[0], times, first_index)
 
     def token_metadata(self, embeds: torch.Tensor, grid_thw, times, first_index: int = 0) -> VisualTokens:
         """Wraps merged embeddings ``[N, D]`` of one video chunk (``grid_thw`` in patches) with their

@@ -41,16 +41,21 @@ def forget_segments(cu_seq_lens_q: torch.Tensor) -> None:
     _static.pop(id(cu_seq_lens_q), None)
 
 
+def remembered_segments(cu_seq_lens_q: torch.Tensor):
+    """The ``(tensor, plan)`` kept by :func:`remember_segments` for ``cu_seq_lens_q``, or None."""
+    hit = _static.get(id(cu_seq_lens_q))
+    return hit if hit is not None and hit[0] is cu_seq_lens_q else None
+
+
 def _segment_plan(cu_seq_lens_q, n_tokens: int, device):
     """How to attend the segments ``cu_seq_lens_q`` (``[S + 1]`` boundaries tiling ``[0, n_tokens)``):
     ``("one", seg)`` for equal segments of length ``seg``, else ``("groups", [(length, idx [n, length])])``
     with the token indices of the segments of each length. One host sync per boundary tensor: the
     tower passes the same two tensors (window and full-attention boundaries) to all of its blocks,
     so inside :func:`packed_vision_attention` a plan is built once per tensor and forward, not per block."""
-    if cu_seq_lens_q is not None:
-        hit = _static.get(id(cu_seq_lens_q))
-        if hit is not None and hit[0] is cu_seq_lens_q:
-            return hit[1]
+    kept = remembered_segments(cu_seq_lens_q) if cu_seq_lens_q is not None else None
+    if kept is not None:
+        return kept[1]
     cache = _plans if cu_seq_lens_q is not None else None
     hit = cache.get(id(cu_seq_lens_q)) if cache is not None else None
     if hit is not None and hit[0] is cu_seq_lens_q:

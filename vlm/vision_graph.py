@@ -29,6 +29,10 @@ from dataclasses import dataclass
 
 import torch
 
+from vidqa.vlm.hooks import is_watched
+from vidqa.vlm.vision_attention import remembered_segments
+from vidqa.vlm.vision_plan import grid_key
+
 log = logging.getLogger(__name__)
 
 WARMUPS = 2  # eager runs on a side stream before capture: cuDNN plans, Triton compilation, allocator
@@ -41,10 +45,6 @@ class _Graph:
     out: torch.Tensor  # its output buffer [n_tokens, D]
     inputs: tuple  # what the graph reads besides ``pixels`` (the plan, its segment plans): kept alive
     weights: tuple  # where the tower's parameters and buffers were at capture (data pointers)
-
-
-def _watched(module: torch.nn.Module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks)
 
 
 def _weights(module: torch.nn.Module) -> tuple:
@@ -65,7 +65,7 @@ class VisionGraphs:
         self.replays = 0  # how many forwards were replays (for tests and profiles)
 
     def _usable(self, pixels: torch.Tensor) -> bool:
-        return (pixels.is_cuda and not torch.is_grad_enabled() and not _watched(self.visual)
+        return (pixels.is_cuda and not torch.is_grad_enabled() and not is_watched(self.visual)
                 and os.environ.get("VIDQA_VISION_GRAPHS", "1") != "0")
 
     def eager(self, pixels: torch.Tensor, grid_thw: torch.Tensor, plan: dict) -> torch.Tensor:
@@ -76,7 +76,7 @@ class VisionGraphs:
         ``[V, 3]`` (host) and ``plan`` (:meth:`VisionPlans.kwargs` for that grid)."""
         if not self._usable(pixels):
             return self.eager(pixels, grid_thw, plan)
-        key = (tuple(tuple(int(v) for v in row) for row in grid_thw.tolist()), tuple(pixels.shape), pixels.dtype,
+        key = (grid_key(grid_thw), tuple(pixels.shape), pixels.dtype,
                str(pixels.device))
         entry = self._graphs.get(key)
         if entry is not None and entry.weights != _weights(self.visual):
@@ -115,9 +115,7 @@ class VisionGraphs:
                         str(err).splitlines()[0][:200] if str(err) else type(err).__name__)
             torch.cuda.synchronize(pixels.device)
             return None
-        from vidqa.vlm.vision_attention import _static
-
-        segments = tuple(_static.get(id(v)) for v in plan.values() if torch.is_tensor(v))
+        segments = tuple(remembered_segments(v) for v in plan.values() if torch.is_tensor(v))
         entry = _Graph(graph=graph, pixels=static, out=out, inputs=(dict(plan), segments),
                        weights=_weights(self.visual))
         self._graphs[key] = entry

@@ -26,6 +26,11 @@ import torch
 from vidqa.vlm.vision_attention import forget_segments, remember_segments
 
 
+def grid_key(grid_thw: torch.Tensor) -> tuple:
+    """``grid_thw`` ``[V, 3]`` (host) as a hashable key: one per frame size and frame count."""
+    return tuple(tuple(int(v) for v in row) for row in grid_thw.tolist())
+
+
 def _max_length(cu: torch.Tensor) -> int:
     return int((cu[1:] - cu[:-1]).max()) if cu.numel() > 1 else 0
 
@@ -50,7 +55,7 @@ class VisionPlans:
             from transformers import vision_utils
         except ImportError:  # a transformers without precomputable vision inputs
             return {}
-        key = (tuple(tuple(int(v) for v in row) for row in grid_thw.tolist()), str(device))
+        key = (grid_key(grid_thw), str(device))
         plan = self._plans.get(key)
         if plan is not None:
             self._plans.move_to_end(key)
