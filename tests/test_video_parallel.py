@@ -1,5 +1,5 @@
-"""Sparse reads on several decoders: the same frames and times as one decoder, bit for bit, in order;
-dense reads stay on one; a stalled or failing worker, an early close and a truncated file behave as
+"""Sparse and dense reads on several decoders: the same frames and times as one decoder, bit for bit,
+in order; dense reads whose blocks would be too short stay on one; a stalled or failing worker, an early close and a truncated file behave as
 with one decoder; the pool behind it keeps its jobs in order and bounded."""
 
 import logging
@@ -96,10 +96,41 @@ def test_explicit_sparse_times_and_counters(tmp_path):
     assert [t for t, _ in got] == one.times.tolist() and decoder.seeks >= 9 and decoder.decoded < 150
 
 
-def test_dense_reads_keep_one_decoder(tmp_path, monkeypatch):
-    path = sparse_video(tmp_path)
+@pytest.mark.parametrize("realistic", [False, True])
+def test_a_dense_read_on_several_decoders_equals_one_decoder(tmp_path, monkeypatch, realistic):
+    """5 fps of a 10 fps video with a keyframe a second: blocks of 8 keyframe intervals (40 targets),
+    each worker starting its blocks from a keyframe; the same frames as one decoder reading on, and
+    about as many frames decoded."""
+    path = sparse_video(tmp_path, realistic=realistic)
+    one_decoder = PyAVDecoder(open_video(path), workers=1)
+    one = [(t, f) for t, f in one_decoder.frames_at(np.arange(200) * 0.2)]
     threads = _record_threads(monkeypatch)
-    got = read_frames(path, fps=5.0, decode_workers=4)  # a keyframe every 5 targets: read on
+    several = PyAVDecoder(open_video(path), workers=3)
+    got = list(several.frames_at(np.arange(200) * 0.2))
+    assert [t for t, _ in got] == [t for t, _ in one]
+    for (_, a), (_, b) in zip(got, one):
+        np.testing.assert_array_equal(a, b)
+    assert [read_barcode(f) for _, f in got] == [2 * i for i in range(200)]
+    assert sum(name.startswith(WORKER) for name in threads) == 3  # five blocks on three workers
+    assert one_decoder.seeks == 0 and several.seeks >= 2  # a worker reads on into the next block it takes
+    assert several.decoded <= one_decoder.decoded + 4 * 10  # at most a keyframe interval per block
+    _same(read_frames(path, fps=5.0, decode_workers=3), read_frames(path, fps=5.0, decode_workers=1))
+
+
+def test_dense_blocks_too_short_for_the_memory_bound_keep_one_decoder(tmp_path, monkeypatch):
+    """5 fps, a keyframe a second, 4 workers (6 blocks counted as held): 8 intervals are 40 targets; a bound of
+    10 held frames per block leaves 10 (2 s, enough); of 4, 0.8 s (less than an interval) and of 3,
+    fewer than a sparse block: one decoder."""
+    import vidqa.videoio.pyav_backend as backend
+
+    path = sparse_video(tmp_path)
+    decoder = PyAVDecoder(open_video(path), workers=4)
+    held_bytes = 6 * decoder.out_w * decoder.out_h * 3  # one frame in each block held
+    for frames, size in [(100, 40), (10, 10), (4, None), (3, None)]:
+        monkeypatch.setattr(backend, "DENSE_AHEAD_BYTES", frames * held_bytes)
+        assert decoder._dense_block_targets(interval=1.0, gap=0.2) == size
+    threads = _record_threads(monkeypatch)
+    got = read_frames(path, fps=5.0, decode_workers=4)
     assert len(got.times) == 200 and threads == {"vidqa-decode"}
 
 

@@ -10,10 +10,13 @@
   ``[T, H, W, 3]`` RGB, upright (display matrix: rotation and mirroring), square pixels, at most
   ``max_pixels`` pixels. Decoding runs in a thread at most three chunks ahead, so memory does not
   grow with the video's length, and a decoder that makes no progress for ``timeout_s`` raises
-  ``VideoError("... decoding stalled ...")`` instead of hanging. Sparse sampling (targets at
-  least half a keyframe interval apart) is decoded by ``decode_workers`` PyAV decoders in parallel
-  threads (default ``min(4, CPU cores)``; 1 turns it off), with the same frames and times as one
-  decoder and at most ``8 * decode_workers + 4`` more frames held; dense sampling always uses one.
+  ``VideoError("... decoding stalled ...")`` instead of hanging. A long read is decoded by
+  ``decode_workers`` PyAV decoders in parallel threads (default ``min(4, CPU cores)``; 1 turns it
+  off), each taking blocks of consecutive targets, with the same frames and times as one decoder:
+  sparse sampling (targets at least half a keyframe interval apart) in blocks of 4 targets, at most
+  ``8 * decode_workers + 4`` more frames held; dense sampling (1 fps of a typical video) in blocks of
+  about 8 keyframe intervals, at most 128 MiB of frames held (see
+  :mod:`vidqa.videoio.pyav_backend`).
 * :func:`read_frames` is the same for short clips, as one chunk.
 
 Backends (``decoder=``): ``"pyav"`` (and ``"auto"``) seeks to the keyframe before a target only

@@ -18,18 +18,24 @@ frames' own presentation times, measured from the stream's start.
 Only what the caller asked for is converted to RGB (and resized, and turned upright), so decoding
 every frame of a 30 fps video to sample one per second costs the decode, not 30 conversions.
 
-Sparse targets are decoded by several decoders at once (``workers``, default
-:func:`default_workers`): when the mean gap between targets is at least half the index's mean
-keyframe interval (``SPARSE_GAP_KEY_INTERVALS``), the targets are cut into blocks of
-``BLOCK_TARGETS`` consecutive ones and worker threads, each with its own container and cursor,
-take the blocks in order (:func:`vidqa.videoio.parallel.ordered_map`); FFmpeg releases the GIL
-while demuxing, decoding and scaling. Each worker sees ascending targets, so its cursor behaves as
-the single one does, and the frame nearest a target does not depend on where decoding started: the
+Long reads are decoded by several decoders at once (``workers``, default :func:`default_workers`):
+the targets are cut into blocks of consecutive ones and worker threads, each with its own container
+and cursor, take the blocks in order (:func:`vidqa.videoio.parallel.ordered_map`); FFmpeg releases
+the GIL while demuxing, decoding and scaling. Sparse targets (the mean gap between them at least half
+the index's mean keyframe interval, ``SPARSE_GAP_KEY_INTERVALS``) go in blocks of ``BLOCK_TARGETS``,
+each reached by a seek. Dense targets (1 fps of a typical video, read on by one decoder) go in blocks
+spanning ``DENSE_BLOCK_KEY_INTERVALS`` keyframe intervals: a worker starts each of its blocks from the
+keyframe before it, which one decoder reading on would have decoded anyway up to half an interval
+later, so the workers together decode about 1/16 more frames than one decoder and convert the same
+ones, on several cores instead of one thread. Fewer targets per block when the frames held ahead would
+pass ``DENSE_AHEAD_BYTES``; one decoder when a block would then span less than
+``DENSE_MIN_BLOCK_KEY_INTERVALS``. Each worker sees ascending targets, so its cursor behaves as the
+single one does, and the frame nearest a target does not depend on where decoding started: the
 frames and times are those one decoder returns. (Except the pixels of a frame that FFmpeg patches
 up from damaged data: they depend on its thread count, which differs between one decoder and
-several, as it does between machines.) At most ``AHEAD_PER_WORKER * workers`` blocks are decoded
-ahead of the consumer. Dense targets (read on, not sought) keep one decoder: splitting them would
-only add seeks.
+several, as it does between machines.) At most ``AHEAD_PER_WORKER * workers`` sparse blocks, or
+``DENSE_AHEAD_PER_WORKER * workers`` dense ones, are decoded ahead of the consumer. Without an
+index of the whole stream one decoder reads it.
 
 A file cut short: targets past the last decodable frame (beyond that frame's own duration plus a
 frame) are not served; ``truncated`` is set and the iteration ends. Damaged packets are skipped.
@@ -66,6 +72,15 @@ AHEAD_PER_WORKER = 2
 # where one decoder reading on would have decoded the gap before it: from half an interval on,
 # the workers together decode no more frames than one decoder does.
 SPARSE_GAP_KEY_INTERVALS = 0.5
+# Dense: a block spans this many mean keyframe intervals (its lead-in from the keyframe before it, half
+# an interval on average, is then ~6% of it), holds fewer targets when the blocks held ahead of the
+# consumer would pass this many bytes of frames, and is not cut out at all (one decoder) when it would
+# then span less than the minimum: below one interval the lead-ins would outweigh the parallelism.
+DENSE_BLOCK_KEY_INTERVALS = 8
+DENSE_MIN_BLOCK_KEY_INTERVALS = 1.0
+DENSE_AHEAD_BYTES = 128 * 2**20
+# A dense block is long: one per worker in flight (and the one being handed over) keeps them busy.
+DENSE_AHEAD_PER_WORKER = 1
 # Automatic worker count: beyond a few, the disk and the consumer are the limit, not decoding.
 MAX_AUTO_WORKERS = 4
 
@@ -130,13 +145,14 @@ class PyAVDecoder:
         targets = np.asarray(targets, dtype=np.float64).reshape(-1)
         cursor = _Cursor(self, beat)
         try:
-            workers = self._workers_for(cursor, targets)
-            if workers == 1:
+            blocks, ahead = self._blocks_for(cursor, targets)
+            if len(blocks) == 1:
                 ended = yield from self._serve(cursor, targets)
         finally:
             cursor.close()  # at once for a parallel read: each worker opens its own
-        if workers > 1:
-            ended = yield from self._frames_in_parallel(targets, beat, workers)
+        if len(blocks) > 1:
+            workers = min(self.workers, len(blocks))
+            ended = yield from self._frames_in_parallel(blocks, beat, workers, ahead)
         self.truncated = self.truncated or ended or self.report.stopped_early
 
     def _serve(self, cursor: _Cursor, targets: np.ndarray) -> Iterator[tuple[float, np.ndarray]]:
@@ -154,30 +170,48 @@ class PyAVDecoder:
             yield best.time - cursor.start, converted[1]
         return False
 
-    def _workers_for(self, cursor: _Cursor, targets: np.ndarray) -> int:
-        """How many decoders to use: several for sparse targets, one for dense ones.
+    def _blocks_for(self, cursor: _Cursor, targets: np.ndarray) -> tuple[list[np.ndarray], int]:
+        """The targets cut into the blocks the workers take, and how many blocks each worker may
+        have decoded ahead of the consumer; one block: one decoder reads them all.
 
-        Sparse: targets at least ``SPARSE_GAP_KEY_INTERVALS`` keyframe intervals apart on average.
         Without an index of the whole stream the cursor's seeks depend on what it has decoded so far
         (and a stream without timestamps cannot seek at all), so one decoder reads it, as before.
         """
-        blocks = math.ceil(len(targets) / BLOCK_TARGETS)
-        if self.workers < 2 or blocks < 2:
-            return 1
+        if self.workers < 2 or len(targets) < 2:
+            return [targets], 0
         interval = cursor.key_interval()
         gap = (targets[-1] - targets[0]) / (len(targets) - 1)
-        if interval is None or gap < SPARSE_GAP_KEY_INTERVALS * interval:
-            return 1
-        return min(self.workers, blocks)
+        if interval is None or interval <= 0 or gap <= 0:
+            return [targets], 0
+        if gap >= SPARSE_GAP_KEY_INTERVALS * interval:
+            size, ahead = BLOCK_TARGETS, AHEAD_PER_WORKER
+        else:
+            size, ahead = self._dense_block_targets(interval, gap), DENSE_AHEAD_PER_WORKER
+        if size is None or size >= len(targets):
+            return [targets], 0
+        return [targets[i:i + size] for i in range(0, len(targets), size)], ahead
 
-    def _frames_in_parallel(self, targets: np.ndarray, beat: Callable[[], None], workers: int
-                            ) -> Iterator[tuple[float, np.ndarray]]:
-        """:meth:`_serve` with blocks of targets decoded on ``workers`` threads, yielded in order.
+    def _dense_block_targets(self, interval: float, gap: float) -> int | None:
+        """Targets per block of a dense read (``gap`` s apart, keyframes ``interval`` s apart), or
+        None when a block that fits ``DENSE_AHEAD_BYTES`` would be too short to pay for its lead-in."""
+        wanted = math.ceil(DENSE_BLOCK_KEY_INTERVALS * interval / gap)
+        # Decoded ahead, the one being handed over, and one more: freed frames stay with the threads'
+        # allocator arenas for a while (measured: RSS rose by up to 1.6x the frames one block fewer holds).
+        held = DENSE_AHEAD_PER_WORKER * self.workers + 2
+        fits = DENSE_AHEAD_BYTES // (held * self.out_w * self.out_h * 3)
+        size = min(wanted, fits)
+        if size < BLOCK_TARGETS or size * gap < DENSE_MIN_BLOCK_KEY_INTERVALS * interval:
+            return None
+        return int(size)
+
+    def _frames_in_parallel(self, blocks: list[np.ndarray], beat: Callable[[], None], workers: int,
+                            ahead_per_worker: int) -> Iterator[tuple[float, np.ndarray]]:
+        """:meth:`_serve` on each block of targets, decoded on ``workers`` threads, yielded in order;
+        at most ``ahead_per_worker * workers`` blocks decoded ahead of the consumer.
 
         Each worker opens its own container and cursor, on a copy of this decoder whose counters
         and damage report are added to this one's when the workers are done.
         """
-        blocks = [targets[i:i + BLOCK_TARGETS] for i in range(0, len(targets), BLOCK_TARGETS)]
         # The workers share the cores. After a seek FFmpeg's frame threads decode frames past the
         # target that the next seek throws away: given all the cores each, the workers would spend
         # them on that waste.
@@ -194,7 +228,7 @@ class PyAVDecoder:
 
         ended = False
         try:
-            with closing(ordered_map(len(blocks), serve, workers=workers, ahead=AHEAD_PER_WORKER * workers,
+            with closing(ordered_map(len(blocks), serve, workers=workers, ahead=ahead_per_worker * workers,
                                      open_state=open_cursor, close_state=_Cursor.close,
                                      name="vidqa-decode-worker")) as results:
                 for frames, ended in results:
