@@ -259,3 +259,44 @@ def test_count_target_clips_ask_the_counts_an_hour_gives():
     assert all(batch_layout(rng, held_out=True)["count_targets"] is None for _ in range(50))
     train = [batch_layout(rng)["count_targets"] for _ in range(200)]
     assert 60 < sum(t == COUNT_TARGETS_IN_CLIPS for t in train) < 140
+
+
+def test_long_clips_come_in_half_the_batches_only_when_asked():
+    """``max_chunks`` above 6: about half the training batches (every held-out one) have 7..max_chunks
+    chunks, the rest 1-6; at the
+    default every batch keeps 1-6 chunks (the draws of every earlier stage)."""
+    from vidqa.synth.train_data import MAX_CHUNKS
+
+    rng = random.Random(0)
+    default = [batch_layout(rng)["chunks"] for _ in range(200)]
+    assert max(default) == MAX_CHUNKS and min(default) == 1
+    long = [batch_layout(rng, max_chunks=32)["chunks"] for _ in range(400)]
+    beyond = [c for c in long if c > MAX_CHUNKS]
+    assert 140 < len(beyond) < 260 and max(beyond) > 24 and max(long) <= 32
+    for layout in (batch_layout(random.Random(s), max_chunks=32) for s in range(30)):
+        assert len(layout["chunk_gaps"]) == layout["chunks"]
+    held_out = [batch_layout(rng, held_out=True, max_chunks=32)["chunks"] for _ in range(50)]
+    assert min(held_out) > MAX_CHUNKS
+
+
+def test_eval_only_scores_a_resumed_model_on_short_and_long_clips(tmp_path, monkeypatch):
+    """``--eval-only`` loads ``--resume`` and writes held-out accuracy on the stages' clips and on
+    long ones, without training (the weights on disk are unchanged)."""
+    import json
+
+    from vidqa.synth import train
+    from vidqa.synth.model import build_model_and_processor
+
+    monkeypatch.setattr(train, "EVAL_FRAMES_PER_BATCH", 64)  # one or a few clips per batch on CPU
+    model, _ = build_model_and_processor(0)
+    train.save_weights(model, tmp_path / "model.safetensors")
+    before = (tmp_path / "model.safetensors").read_bytes()
+    assert train.main(["--out", str(tmp_path), "--resume", str(tmp_path), "--eval-only", "--eval-batches", "1",
+                       "--workers", "0", "--max-chunks", "8"]) == 0
+    result = json.loads((tmp_path / "eval.json").read_text())
+    for key in ("heldout_accuracy", "heldout_accuracy_long"):
+        acc = result[key]
+        assert acc["questions"] > 0 and 0 <= acc["m_avg"] <= 100
+    assert (tmp_path / "model.safetensors").read_bytes() == before
+    with pytest.raises(SystemExit):
+        train.main(["--out", str(tmp_path), "--eval-only"])

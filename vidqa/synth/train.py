@@ -63,7 +63,7 @@ from vidqa.synth.lookup_loss import LookupCapture, answer_positions, lookup_loss
 from vidqa.synth.questions import TASKS
 from vidqa.synth.streaming_prefill import streaming_prefill
 from vidqa.synth.token_labels import CLASSES, FIELDS, IGNORE
-from vidqa.synth.train_data import CHUNK, ClipBatches, pick_questions
+from vidqa.synth.train_data import CHUNK, FRAMES_PER_BATCH, MAX_CHUNKS, ClipBatches, pick_questions
 from vidqa.vlm.vision_attention import packed_vision_attention
 
 HEIGHT, WIDTH = 112, 224  # what the processor makes of the world's 448x252 (16:9) videos
@@ -271,13 +271,19 @@ def letter_hits(logits, labels, rows, adapter) -> list[tuple[str, str, bool]]:
     return [(qa.kind, qa.task, ok) for qa, ok in zip(rows, hit) if qa.kind in ("mc", "hint")]
 
 
+EVAL_FRAMES_PER_BATCH = FRAMES_PER_BATCH  # every stage's card was measured on these batches
+
+
 def evaluate(adapter, device, batches: int, seed: int = 12345, workers: int = 0,
-             streaming: MemoryConfig | None = None) -> dict:
+             streaming: MemoryConfig | None = None, max_chunks: int = MAX_CHUNKS) -> dict:
     """Held-out letter accuracy per task (seeds never used in training) and M-Avg over the tasks, the
-    video prefilled as :func:`batch_logits` does with ``streaming``."""
+    video prefilled as :func:`batch_logits` does with ``streaming``; ``max_chunks`` above
+    :data:`~vidqa.synth.train_data.MAX_CHUNKS`: clips of MAX_CHUNKS+1..max_chunks chunks only."""
     hits: dict[str, list[bool]] = {t: [] for t in TASKS}
     hinted: list[bool] = []
-    data = iter(torch.utils.data.DataLoader(ClipBatches(seed, held_out=True), batch_size=None, num_workers=workers,
+    data = iter(torch.utils.data.DataLoader(ClipBatches(seed, held_out=True, frames_per_batch=EVAL_FRAMES_PER_BATCH,
+                                                        max_chunks=max_chunks), batch_size=None,
+                                            num_workers=workers,
                                             worker_init_fn=lambda _: torch.set_num_threads(1)))
     adapter.model.eval()
     with torch.no_grad():
@@ -396,6 +402,18 @@ def warm(adapter, opt, args, device, log, deadline: float) -> int:
             log.write(json.dumps(row) + "\n")
 
 
+def held_out_accuracy(adapter, device, args, streaming: MemoryConfig | None) -> dict:
+    """``{"heldout_accuracy": ...}`` on the clips every stage is measured on, and with ``--max-chunks``
+    above the default ``"heldout_accuracy_long"`` on as many long held-out clips (one or two a batch,
+    so four times the batches)."""
+    workers = min(args.workers, args.eval_batches)
+    acc = {"heldout_accuracy": evaluate(adapter, device, args.eval_batches, workers=workers, streaming=streaming)}
+    if args.max_chunks > MAX_CHUNKS:
+        acc["heldout_accuracy_long"] = evaluate(adapter, device, 4 * args.eval_batches, workers=workers,
+                                                streaming=streaming, max_chunks=args.max_chunks)
+    return acc
+
+
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total))))
 
@@ -438,7 +456,14 @@ def main(argv=None) -> int:
                     help="ingest's window for --prefill streaming (default: vidqa's)")
     ap.add_argument("--recurrent-tokens", type=int, default=MemoryConfig.recurrent_tokens,
                     help="ingest's pooled entries per chunk for --prefill streaming (default: vidqa's)")
+    ap.add_argument("--max-chunks", type=int, default=MAX_CHUNKS,
+                    help=f"above {MAX_CHUNKS}: half the batches are clips of {MAX_CHUNKS + 1} to this many chunks, "
+                         "as many as retrieval gives the model at an hour; also evaluated on such clips")
+    ap.add_argument("--eval-only", action="store_true",
+                    help="only the held-out evaluation of --resume (with --max-chunks: long clips too) into OUT/eval.json")
     args = ap.parse_args(argv)
+    if args.eval_only and not args.resume:
+        ap.error("--eval-only needs --resume")
     streaming = MemoryConfig(window_chunks=args.window_chunks, recurrent_tokens=args.recurrent_tokens) \
         if args.prefill == "streaming" else None
     random.seed(args.seed)
@@ -452,6 +477,11 @@ def main(argv=None) -> int:
     model.to(device).train()
     adapter = Qwen2_5_VLAdapter(model, processor, "synth-tiny")
     model.train()  # the adapter puts the model in eval mode
+    if args.eval_only:
+        acc = held_out_accuracy(adapter, device, args, streaming)
+        print(json.dumps(acc), flush=True)
+        (out / "eval.json").write_text(json.dumps({"resumed_from": args.resume, **acc}, indent=1) + "\n")
+        return 0
     probe = TokenProbe(model.config.vision_config.out_hidden_size).to(device)
     if args.resume and (Path(args.resume) / PROBE_FILE).exists():
         from safetensors.torch import load_file
@@ -461,7 +491,7 @@ def main(argv=None) -> int:
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.05, betas=(0.9, 0.98))
     loader = torch.utils.data.DataLoader(
         ClipBatches(args.seed + (7 if args.resume else 0), frames_per_batch=args.frames_per_batch,
-                    questions_per_clip=args.questions_per_clip),
+                    questions_per_clip=args.questions_per_clip, max_chunks=args.max_chunks),
         batch_size=None, num_workers=args.workers, prefetch_factor=4 if args.workers else None,
         persistent_workers=args.workers > 0, worker_init_fn=lambda _: torch.set_num_threads(1),
         pin_memory=device == "cuda")
@@ -557,7 +587,7 @@ def main(argv=None) -> int:
     train_s = time.time() - t_start
     save_weights(model, out / "model.safetensors")
     save_weights(probe, out / PROBE_FILE)
-    acc = evaluate(adapter, device, args.eval_batches, workers=min(args.workers, args.eval_batches), streaming=streaming)
+    acc = held_out_accuracy(adapter, device, args, streaming)
     info = {"steps": step, "schedule_steps": total if total < 10**9 else step,
             "text_warmup_steps": args.text_warmup_steps, "text_warmup_done": warm_done,
             "train_seconds": round(train_s, 1), "seed": args.seed,
@@ -567,7 +597,9 @@ def main(argv=None) -> int:
             "option_loss": args.option_loss, "prefill": args.prefill,
             "window_chunks": args.window_chunks if streaming else None,
             "recurrent_tokens": args.recurrent_tokens if streaming else None, "rope_theta": model.config.text_config.rope_parameters["rope_theta"],
-            "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "heldout_accuracy": acc}
+            "max_chunks": args.max_chunks,
+            "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+            "heldout_accuracy": acc.pop("heldout_accuracy"), **acc}
     print(json.dumps(info), flush=True)
     log.write(json.dumps(info) + "\n")
     (out / "training.json").write_text(json.dumps(info, indent=1) + "\n")

@@ -1,6 +1,6 @@
 """Training examples for the bundled ``synth-tiny`` model, made on CPU workers.
 
-An example is a clip of 1-6 chunks (16 s each, 1 fps) of the synthetic world, rendered straight
+An example is a clip of 1-6 chunks (16 s each, 1 fps; half the batches up to ``max_chunks`` when that is set) of the synthetic world, rendered straight
 from its timeline at 224x126 (the world's 16:9; the GPU resizes it to what the processor makes of
 a 448x252 video), with every question the timeline supports:
 
@@ -42,6 +42,10 @@ from vidqa.synth.token_labels import token_labels
 RENDER_WIDTH, RENDER_HEIGHT = 224, 126
 CHUNK = 16  # frames per chunk, as vidqa ingests (VideoConfig.chunk_frames)
 MAX_CHUNKS = 6
+# Long clips (``max_chunks`` above MAX_CHUNKS): in this share of the batches a clip has
+# MAX_CHUNKS+1..max_chunks chunks, as many as retrieval hands the model at an hour (~30 blocks of
+# 16 s at 8,192 visual tokens); the other batches keep 1-MAX_CHUNKS.
+LONG_CLIP_SHARE = 0.5
 FRAMES_PER_BATCH = 768  # clips per batch = this // clip frames: long clips come in smaller batches
 QUESTIONS_PER_CLIP = 3  # multiple-choice questions drawn per clip and step (each also open and hinted)
 HINT = "The answer is {}."
@@ -110,9 +114,15 @@ def make_clip(seed: int, chunks: int, offset: float, dense: bool = True, count_t
     return frames, times, clip_questions(tl, seed, offset), labels
 
 
-def batch_layout(rng: random.Random, held_out: bool = False) -> dict:
-    """The shared part of a batch: chunk count, time offset and position gaps."""
+def batch_layout(rng: random.Random, held_out: bool = False, max_chunks: int = MAX_CHUNKS) -> dict:
+    """The shared part of a batch: chunk count, time offset and position gaps.
+
+    ``max_chunks`` above :data:`MAX_CHUNKS` makes :data:`LONG_CLIP_SHARE` of the training batches
+    long and every held-out one (the long evaluation); at the default the draws are those of every
+    earlier stage."""
     chunks = rng.randint(1, MAX_CHUNKS)
+    if max_chunks > MAX_CHUNKS and (held_out or rng.random() < LONG_CLIP_SHARE):
+        chunks = rng.randint(MAX_CHUNKS + 1, max_chunks)
     far = rng.random() < 0.7
     return {
         "chunks": chunks,
@@ -153,16 +163,16 @@ class ClipBatches(torch.utils.data.IterableDataset):
     """
 
     def __init__(self, seed: int, held_out: bool = False, frames_per_batch: int = FRAMES_PER_BATCH,
-                 questions_per_clip: int = QUESTIONS_PER_CLIP):
+                 questions_per_clip: int = QUESTIONS_PER_CLIP, max_chunks: int = MAX_CHUNKS):
         self.seed, self.held_out, self.frames_per_batch = seed, held_out, frames_per_batch
-        self.questions_per_clip = questions_per_clip
+        self.questions_per_clip, self.max_chunks = questions_per_clip, max_chunks
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         rng = random.Random(self.seed * 1000 + (info.id if info else 0))
         base = HELD_OUT_SEED_BASE if self.held_out else 0
         while True:
-            layout = batch_layout(rng, self.held_out)
+            layout = batch_layout(rng, self.held_out, self.max_chunks)
             n = max(1, self.frames_per_batch // (layout["chunks"] * CHUNK))
             clips = [make_clip(base + rng.randrange(HELD_OUT_SEED_BASE), layout["chunks"], layout["offset"],
                                layout["dense"], layout["count_targets"]) for _ in range(n)]
