@@ -239,7 +239,13 @@ def test_export_writes_a_loadable_folder_with_its_card(tmp_path):
     name = "model.language_model.layers.0.self_attn.q_proj.weight"
     assert torch.equal(loaded.state_dict()[name], model.state_dict()[name].to(torch.bfloat16).to(loaded.dtype))
     card = (folder / "README.md").read_text()
-    assert "| findNeedle | 40.0 |" in card and "synthetic world only" in card
+    assert "| findNeedle | 40.0 |" in card and "synthetic world only" in card and "held-out clips of" not in card
+    long = {"findNeedle": 70.0, "m_avg": 70.0, "questions": 8, "hinted_letter_acc": 90.0}
+    (ckpt / "training.json").write_text(_json.dumps({"steps": 3, "train_seconds": 1.0, "heldout_accuracy": acc,
+                                                     "max_chunks": 32, "heldout_accuracy_long": long}))
+    card = (export(ckpt, tmp_path / "long") / "README.md").read_text()
+    assert "half the batches clips of 7-32 chunks" in card
+    assert "On held-out clips of 7-32 chunks (8 questions): findNeedle 70.0; M-Avg 70.0." in card
     save_file({"nonsense": torch.zeros(1)}, str(ckpt / "model.safetensors"))
     with pytest.raises(ValueError, match="does not match"):
         export(ckpt, tmp_path / "bad")
