@@ -185,6 +185,8 @@ def main(argv=None) -> int:
 
     if args.video:
         path = Path(args.video)
+        if not path.is_file():
+            parser.error(f"--video {path}: no such file")
     else:
         cache = Path(args.cache_dir)
         cache.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """Sparse and dense reads on several decoders: the same frames and times as one decoder, bit for bit,
-in order; dense reads whose blocks would be too short stay on one; a stalled or failing worker, an early close and a truncated file behave as
-with one decoder; the pool behind it keeps its jobs in order and bounded."""
+in order; dense reads whose blocks would be too short stay on one; a stalled or failing worker, an
+early close and a truncated file behave as with one decoder; the pool behind it keeps its jobs in
+order and bounded."""
 
 import logging
 import threading
@@ -118,9 +119,9 @@ def test_a_dense_read_on_several_decoders_equals_one_decoder(tmp_path, monkeypat
 
 
 def test_dense_blocks_too_short_for_the_memory_bound_keep_one_decoder(tmp_path, monkeypatch):
-    """5 fps, a keyframe a second, 4 workers (6 blocks counted as held): 8 intervals are 40 targets; a bound of
-    10 held frames per block leaves 10 (2 s, enough); of 4, 0.8 s (less than an interval) and of 3,
-    fewer than a sparse block: one decoder."""
+    """5 fps, a keyframe a second, 4 workers (6 blocks counted as held): 8 intervals are 40 targets; a
+    bound of 10 held frames per block leaves 10 (2 s, enough); of 4, 0.8 s (less than an interval)
+    and of 3, fewer than a sparse block: one decoder."""
     import vidqa.videoio.pyav_backend as backend
 
     path = sparse_video(tmp_path)
