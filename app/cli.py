@@ -41,6 +41,8 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
                                                               "a block (mass, default) or ReKV's mean-key score")
     g.add_argument("--retrieval-window", type=int, help="last prompt tokens whose queries score blocks "
                                                         "(default 0: every token; 1: the answer position)")
+    g.add_argument("--answer-weight", type=float, help="weight of the answer position's attention share in the "
+                                                       "block score, blended with the window's (0..1)")
     g.add_argument("--layer-keep", help="in-LLM pruning (PyramidDrop), e.g. '8:0.5,16:0.25': visual KV kept from "
                                         "those layers on (default off)")
     g.add_argument("--cache-dir", help="where ingested memories are saved (default ~/.cache/vidqa)")
@@ -86,7 +88,7 @@ def _settings(args):
     flags = {k: getattr(args, k, None) for k in (
         "config", "model", "device", "fps", "num_frames", "max_frames", "chunk_frames", "max_pixels",
         "decoder", "decode_workers", "reducers", "token_budget", "window_chunks", "kv_bits", "compress_ratio",
-        "positions", "retrieval", "retrieval_window", "layer_keep", "max_new_tokens", "cache_dir")}
+        "positions", "retrieval", "retrieval_window", "answer_weight", "layer_keep", "max_new_tokens", "cache_dir")}
     return resolve(flags)
 
 

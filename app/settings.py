@@ -47,6 +47,7 @@ FLAG_SETTINGS = {
     "kv_bits": ("memory", "kv_bits"), "compress_ratio": ("memory", "compress_ratio"),
     "positions": ("memory", "positions"), "layer_keep": ("memory", "layer_keep"),
     "retrieval": ("memory", "retrieval"), "retrieval_window": ("memory", "retrieval_window"),
+    "answer_weight": ("memory", "answer_weight"),
     "max_new_tokens": (None, "max_new_tokens"),
     "cache_dir": (None, "cache_dir"),
 }

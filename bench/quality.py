@@ -64,6 +64,8 @@ def variants(budget: int, frames_for_budget: int) -> dict[str, VidqaConfig]:
         "mean-key retrieval": replace(base, memory=replace(mem, retrieval="mean")),
         # the answer position's queries alone score the blocks, not every prompt token's (SnapKV's window of 1)
         "answer-position retrieval": replace(base, memory=replace(mem, retrieval_window=1)),
+        # half the block score from every prompt token's attention share, half from the answer position's
+        "blended retrieval": replace(base, memory=replace(mem, answer_weight=0.5)),
         "uniform": replace(base, video=VideoConfig(num_frames=frames_for_budget),
                            memory=replace(mem, token_budget=EVERYTHING)),
         "full": replace(base, memory=replace(mem, token_budget=EVERYTHING)),

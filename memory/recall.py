@@ -4,7 +4,8 @@
    representatives would draw). The question's queries come from a
    cheap pass of the question over the sinks and the newest blocks -- the same context a chunk
    sees during ingest -- captured from the attention layers' own projections; those of the last
-   ``retrieval_window`` prompt tokens score (by default all of them).
+   ``retrieval_window`` prompt tokens score (by default all of them), blended with the answer
+   position's own scores when ``answer_weight`` > 0.
 2. Keep the best blocks within the visual-token budget, bring them back to the device. With a
    question-aware budget reducer (QuoTA, :mod:`.budget`) the budget is shared between the grids of
    the whole video by their relevance instead, and only the chosen entries of each block come back
@@ -34,7 +35,7 @@ from vidqa.memory.blocks import VideoMemory
 from vidqa.memory.budget import plan_budget
 from vidqa.memory.cache import cache_from
 from vidqa.memory.compress import compress_layer
-from vidqa.memory.retrieve import score_blocks, select_blocks
+from vidqa.memory.retrieve import blend_shares, score_blocks, select_blocks
 from vidqa.vlm.base import VLMAdapter
 
 
@@ -95,6 +96,9 @@ def recall(adapter: VLMAdapter, memory: VideoMemory, question_embeds: torch.Tens
         if queries is not None:
             scores = score_blocks(window_queries(queries, config.retrieval_window), blocks,
                                   memory.retrieval_cache, config.retrieval)
+            if config.answer_weight > 0:
+                answer = score_blocks(window_queries(queries, 1), blocks, memory.retrieval_cache, config.retrieval)
+                scores = blend_shares(scores, answer, config.answer_weight)
         chosen = list(range(len(blocks))) if everything_fits else select_blocks(
             scores, blocks, config.token_budget, config.first_blocks, config.recent_blocks)
 

@@ -88,6 +88,23 @@ def score_blocks(queries: list[torch.Tensor], blocks: list[KVBlock], cache: dict
     return torch.zeros(len(blocks)).scatter_add(0, owner, mass)
 
 
+def blend_shares(window_scores: torch.Tensor, answer_scores: torch.Tensor, answer_weight: float) -> torch.Tensor:
+    """Block scores ``[B]``: ``(1 - w)`` times each block's share of the prompt window's attention mass
+    plus ``w`` times its share of the answer position's (both ``mass`` scores ``[B]``).
+
+    Why: the whole prompt's attention is spread over the video, which whole-video questions (the main
+    scene, the unusual event) need; the answer position's is peaked on what the question names (every
+    appearance of a counted object), as SnapKV (Li et al., 2024) reads generation's attention from the
+    end of the prompt. Shares, not raw masses, so that neither wins by its number of query tokens; a
+    peaked answer share puts its few blocks first and leaves the rest of the budget to the spread one.
+    """
+    def share(s):
+        total = s.sum()
+        return s / total if total > 0 else torch.full_like(s, 1.0 / max(1, len(s)))
+
+    return (1.0 - answer_weight) * share(window_scores) + answer_weight * share(answer_scores)
+
+
 def select_blocks(scores: torch.Tensor, blocks: list[KVBlock], token_budget: int,
                   first_blocks: int = 0, recent_blocks: int = 1) -> list[int]:
     """Indices (ascending) of the blocks to bring back, within ``token_budget`` visual tokens.

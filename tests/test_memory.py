@@ -313,6 +313,50 @@ def test_blocks_are_scored_by_the_last_prompt_tokens(qwen_adapter, monkeypatch):
             MemoryConfig(retrieval_window=bad)
 
 
+def test_blended_score_adds_the_shares_of_the_window_and_of_the_answer_position():
+    """``answer_weight`` w: (1 - w) * the window's share + w * the answer position's; a peaked answer share
+    lifts its block above the spread window's favourite, and w = 0 / 1 rank as either alone."""
+    from vidqa.memory.retrieve import blend_shares
+
+    window = torch.tensor([4.0, 3.0, 2.0, 1.0])  # spread: block 0 first
+    answer = torch.tensor([0.0, 0.0, 0.0, 9.0])  # peaked on block 3
+    torch.testing.assert_close(blend_shares(window, answer, 0.5),
+                               torch.tensor([0.2, 0.15, 0.1, 0.55]))
+    assert blend_shares(window, answer, 0.0).argmax() == 0 and blend_shares(window, answer, 1.0).argmax() == 3
+    assert blend_shares(window, answer, 0.5).sum().item() == pytest.approx(1.0)
+    torch.testing.assert_close(blend_shares(torch.zeros(2), torch.zeros(2), 0.5), torch.tensor([0.5, 0.5]))
+    for bad in (-0.1, 1.5, True, "0.5"):
+        with pytest.raises(ConfigError, match="answer_weight"):
+            MemoryConfig(answer_weight=bad)
+    with pytest.raises(ConfigError, match="answer_weight"):
+        MemoryConfig(answer_weight=0.5, retrieval="mean")
+
+
+def test_recall_with_answer_weight_scores_from_the_window_and_from_the_answer_position(qwen_adapter, monkeypatch):
+    """With ``answer_weight`` the blocks are scored twice (the window's queries, then the last token's)
+    and chosen by the blend of the two."""
+    import importlib
+
+    from vidqa.memory.retrieve import blend_shares
+
+    recall_module = importlib.import_module("vidqa.memory.recall")
+    adapter = qwen_adapter
+    config = MemoryConfig(window_chunks=2, token_budget=40, answer_weight=0.5)
+    memory = ingest(adapter, random_chunks(adapter, 5), config)
+    q = adapter.embed_ids(adapter.tokenize(adapter.prompt_question("How many red circles were there?")))
+    seen = []
+    real = recall_module.score_blocks
+    monkeypatch.setattr(recall_module, "score_blocks",
+                        lambda queries, *a, **k: seen.append((queries[0].shape[1], real(queries, *a, **k))) or seen[-1][1])
+    rec = recall(adapter, memory, q, config)
+    (width_all, window), (width_answer, answer) = seen
+    assert (width_all, width_answer) == (q.shape[0], 1)
+    torch.testing.assert_close(rec.scores, blend_shares(window, answer, 0.5))
+    args = importlib.import_module("vidqa.app.cli").build_parser().parse_args(
+        ["ask", "v.mp4", "q?", "--answer-weight", "0.25"])
+    assert importlib.import_module("vidqa.app.cli")._settings(args).config.memory.answer_weight == 0.25
+
+
 def test_retrieval_window_flag_reaches_the_config_and_leaves_the_memory_key_alone():
     from vidqa.app.cli import _settings, build_parser
     from vidqa.config import VidqaConfig

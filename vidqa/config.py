@@ -95,6 +95,9 @@ class MemoryConfig:
     layer_keep: str = ""
     retrieval: str = "mass"
     retrieval_window: int = 0  # last prompt tokens whose queries score the blocks; 0: all of them
+    # Weight of the answer position's attention share in the block score (mass only): the score is
+    # (1 - w) * the window's share + w * the answer position's share (memory.retrieve.blend_shares).
+    answer_weight: float = 0.0
     distinct_keys: int = 2  # per grid, kept at ingest for retrieval
 
     def __post_init__(self):
@@ -102,6 +105,10 @@ class MemoryConfig:
         _check(self.retrieval in RETRIEVAL_SCORES, f"retrieval must be one of {RETRIEVAL_SCORES}, got {self.retrieval!r}")
         _check(isinstance(self.retrieval_window, int) and not isinstance(self.retrieval_window, bool)
                and self.retrieval_window >= 0, f"retrieval_window must be an integer >= 0, got {self.retrieval_window!r}")
+        _check(isinstance(self.answer_weight, (int, float)) and not isinstance(self.answer_weight, bool)
+               and 0.0 <= self.answer_weight <= 1.0, f"answer_weight must be in [0, 1], got {self.answer_weight!r}")
+        _check(self.answer_weight == 0 or self.retrieval == "mass",
+               f"answer_weight blends attention shares: it needs retrieval 'mass', not {self.retrieval!r}")
         _check(isinstance(self.distinct_keys, int) and 0 <= self.distinct_keys <= 64,
                f"distinct_keys must be an integer in [0, 64], got {self.distinct_keys!r}")
         _check(self.recurrent_tokens >= 0 and self.recurrent_capacity >= 0,
