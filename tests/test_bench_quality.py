@@ -102,3 +102,22 @@ def test_several_videos_per_length_pool_their_questions(tmp_path):
     assert two["videos"] == 2 and two["questions"] == one["questions"] + len(second) > one["questions"]
     assert two["needle_questions"] > one["needle_questions"]
     assert "| 1 min x 2 | vidqa |" in (tmp_path / "two" / "quality.md").read_text()
+
+
+def test_grid_runs_every_model_and_variant_on_the_same_generated_videos(tmp_path):
+    """bench/quality_grid.py: one run per (model, variant), in parallel, over videos generated once
+    and linked into each run; the merged table has a row per cell, all over the same questions."""
+    grid = load_bench("quality_grid")
+    assert grid.main(["--models", "tiny-random/qwen2_5_vl", "--variants", "vidqa", "blended retrieval",
+                      "--minutes", "0.5", "--videos", "2", "--per-task", "1", "--token-budget", "64",
+                      "--jobs", "2", "--threads", "1", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "grid.json").read_text())
+    assert [r["variant"] for r in rows] == ["tiny-random/qwen2_5_vl: vidqa", "tiny-random/qwen2_5_vl: blended retrieval"]
+    assert rows[0]["questions"] == rows[1]["questions"] >= 10 and all(r["videos"] == 2 for r in rows)
+    shared = sorted(p.name for p in (tmp_path / "videos").iterdir())
+    assert shared == ["video_0.5min", "video_0.5min_1"]
+    for variant in ("vidqa", "blended_retrieval"):
+        run = tmp_path / "tiny-random_qwen2_5_vl" / variant
+        assert all((run / name).is_symlink() and (run / name).resolve() == (tmp_path / "videos" / name).resolve()
+                   for name in shared)
+    assert "| 0.5 min x 2 | tiny-random/qwen2_5_vl: blended retrieval |" in (tmp_path / "grid.md").read_text()

@@ -1,0 +1,120 @@
+"""Several models x variants of ``bench/quality.py`` at once, on the same held-out videos.
+
+    python bench/quality_grid.py --models synth-tiny path/to/other --variants vidqa "blended retrieval" \
+        --minutes 60 --videos 12 --per-task 6 --jobs 8 --out runs/grid
+
+One ``bench/quality.py`` process per (model, variant), ``--jobs`` at a time (on a many-core GPU machine
+the tiny model is bound by decoding, so parallel processes finish a grid in the time of one); the
+videos are generated once, in parallel, and linked into every run's folder, so every cell answers
+the same questions. Writes ``<out>/grid.md`` (one table, a row per model and variant) and
+``<out>/grid.json``; each run keeps its own folder ``<out>/<model>/<variant>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from quality import table  # noqa: E402
+from vidqa.synth.train_data import HELD_OUT_SEED_BASE  # noqa: E402
+
+
+def video_folders(minutes: float, videos: int) -> list[str]:
+    """The folder names ``bench/quality.py`` gives the videos of one length."""
+    return [f"video_{minutes:g}min" + (f"_{k}" if k else "") for k in range(videos)]
+
+
+def _generate(job) -> None:
+    """One video, in its own process (rendering is bound by the GIL): what ``bench/quality.py`` would
+    write into that folder."""
+    folder, seconds, seed, per_task = job
+    if not (Path(folder) / "questions.json").exists():
+        subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from vidqa.synth.cli import generate; "
+                        "generate(Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), per_task=int(sys.argv[4]))",
+                        folder, str(seconds), str(seed), str(per_task)], check=True)
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "model"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", required=True)
+    ap.add_argument("--variants", nargs="+", required=True)
+    ap.add_argument("--minutes", type=float, nargs="+", default=[60])
+    ap.add_argument("--videos", type=int, default=1)
+    ap.add_argument("--per-task", type=int, default=6)
+    ap.add_argument("--seed", type=int, default=HELD_OUT_SEED_BASE + 1)
+    ap.add_argument("--token-budget", type=int, default=8192)
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads per run")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    shared = out / "videos"
+    jobs = [(str(shared / name), m * 60, args.seed + k, args.per_task)
+            for m in args.minutes for k, name in enumerate(video_folders(m, args.videos))]
+    with ThreadPoolExecutor(max(1, min(args.jobs, len(jobs)))) as pool:
+        list(pool.map(_generate, jobs))
+
+    runs = []
+    for model in args.models:
+        for variant in args.variants:
+            run = out / slug(model) / slug(variant)
+            run.mkdir(parents=True, exist_ok=True)
+            for folder, *_ in jobs:
+                link = run / Path(folder).name
+                if not link.exists():
+                    link.symlink_to(Path(folder).resolve(), target_is_directory=True)
+            cmd = [sys.executable, str(HERE / "quality.py"), "--model", model, "--variants", variant,
+                   "--minutes", *[f"{m:g}" for m in args.minutes], "--videos", str(args.videos),
+                   "--per-task", str(args.per_task), "--seed", str(args.seed),
+                   "--token-budget", str(args.token_budget), "--out", str(run)]
+            runs.append((model, variant, run, cmd))
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    pending, active, failed = list(runs), [], []
+    while pending or active:
+        while pending and len(active) < args.jobs:
+            model, variant, run, cmd = pending.pop(0)
+            log = open(run / "log.txt", "w")
+            active.append((model, variant, run, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
+        finished = [a for a in active if a[3].poll() is not None]
+        if not finished:
+            time.sleep(1)
+            continue
+        for a in finished:
+            active.remove(a)
+            a[4].close()
+            if a[3].returncode:
+                failed.append(f"{a[0]} / {a[1]}: exit {a[3].returncode}, see {a[2] / 'log.txt'}")
+
+    results = []
+    for model, variant, run, _ in runs:
+        path = run / "quality.json"
+        for r in (json.loads(path.read_text()) if path.exists() else []):
+            results.append({**r, "variant": f"{model}: {r['variant']}", "model": model})
+    (out / "grid.json").write_text(json.dumps(results, indent=1) + "\n")
+    text = (f"# Quality grid: {', '.join(args.models)}; {args.token_budget:,} visual tokens per question "
+            f"(seed {args.seed})\n\n" + table(results) + "\n")
+    (out / "grid.md").write_text(text)
+    print(text)
+    for line in failed:
+        print("failed:", line, file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
