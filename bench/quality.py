@@ -79,6 +79,31 @@ def variants(budget: int, frames_for_budget: int) -> dict[str, VidqaConfig]:
     }
 
 
+def _value(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def extra_variant(spec: str, budget: int) -> tuple[str, VidqaConfig]:
+    """``NAME:key=value,key=value`` -> the default pipeline with those ``MemoryConfig`` fields changed,
+    e.g. ``"p0.6:top_p=0.6,answer_weight=0.5"`` (for sweeps that the named variants do not cover)."""
+    name, sep, fields = spec.partition(":")
+    if not sep or not name or not fields:
+        raise SystemExit(f"--extra {spec!r}: expected NAME:key=value[,key=value...]")
+    changes = {}
+    for item in fields.split(","):
+        key, eq, value = item.partition("=")
+        if not eq or key not in MemoryConfig.__dataclass_fields__:
+            raise SystemExit(f"--extra {spec!r}: {item!r} is not key=value with a MemoryConfig key")
+        changes[key] = _value(value)
+    base = VidqaConfig(memory=MemoryConfig(token_budget=budget))
+    return name, replace(base, memory=replace(base.memory, **changes))
+
+
 class Recorder:
     """Wraps a :class:`VideoQA` for the evaluator and records the ingest times."""
 
@@ -176,6 +201,8 @@ def main(argv=None) -> int:
     ap.add_argument("--per-task", type=int, default=3)
     ap.add_argument("--videos", type=int, default=1, help="videos per length (seeds --seed, --seed + 1, ...)")
     ap.add_argument("--variants", nargs="*", help="names to run (default: all)")
+    ap.add_argument("--extra", nargs="*", default=[], metavar="NAME:key=value,...",
+                    help="more variants: the default pipeline with MemoryConfig fields changed")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -192,8 +219,9 @@ def main(argv=None) -> int:
             questions += video_questions
         # uniform: the even number of frames whose tokens fill the budget
         frames_for_budget = max(2, int(args.token_budget / tokens_per_frame(adapter, questions[0].video)) // 2 * 2)
-        for name, config in variants(args.token_budget, frames_for_budget).items():
-            if args.variants and name not in args.variants:
+        extra = dict(extra_variant(spec, args.token_budget) for spec in args.extra)
+        for name, config in {**variants(args.token_budget, frames_for_budget), **extra}.items():
+            if (args.variants or extra) and name not in (args.variants or []) and name not in extra:
                 continue
             r = run_variant(name, config, questions, args.model, adapter, out / f"{minutes:g}min" / name, timelines)
             r["minutes"], r["videos"] = minutes, args.videos

@@ -52,7 +52,9 @@ def slug(text: str) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", required=True)
-    ap.add_argument("--variants", nargs="+", required=True)
+    ap.add_argument("--variants", nargs="*", default=[], help="bench/quality.py's named variants")
+    ap.add_argument("--extra", nargs="*", default=[], metavar="NAME:key=value,...",
+                    help="bench/quality.py --extra variants (MemoryConfig fields changed)")
     ap.add_argument("--minutes", type=float, nargs="+", default=[60])
     ap.add_argument("--videos", type=int, default=1)
     ap.add_argument("--per-task", type=int, default=6)
@@ -62,6 +64,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads per run")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
+    if not args.variants and not args.extra:
+        ap.error("give --variants or --extra")
     out = Path(args.out)
     shared = out / "videos"
     jobs = [(str(shared / name), m * 60, args.seed + k, args.per_task)
@@ -71,18 +75,20 @@ def main(argv=None) -> int:
 
     runs = []
     for model in args.models:
-        for variant in args.variants:
-            run = out / slug(model) / slug(variant)
+        for variant in args.variants + args.extra:
+            extra = variant in args.extra
+            run = out / slug(model) / slug(variant.partition(":")[0] if extra else variant)
             run.mkdir(parents=True, exist_ok=True)
             for folder, *_ in jobs:
                 link = run / Path(folder).name
                 if not link.exists():
                     link.symlink_to(Path(folder).resolve(), target_is_directory=True)
-            cmd = [sys.executable, str(HERE / "quality.py"), "--model", model, "--variants", variant,
+            cmd = [sys.executable, str(HERE / "quality.py"), "--model", model,
+                   *(["--extra", variant] if extra else ["--variants", variant]),
                    "--minutes", *[f"{m:g}" for m in args.minutes], "--videos", str(args.videos),
                    "--per-task", str(args.per_task), "--seed", str(args.seed),
                    "--token-budget", str(args.token_budget), "--out", str(run)]
-            runs.append((model, variant, run, cmd))
+            runs.append((model, variant.partition(":")[0] if extra else variant, run, cmd))
 
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     pending, active, failed = list(runs), [], []
