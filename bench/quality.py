@@ -90,7 +90,7 @@ def _value(text: str):
 
 def extra_variant(spec: str, budget: int) -> tuple[str, VidqaConfig]:
     """``NAME:key=value,key=value`` -> the default pipeline with those ``MemoryConfig`` fields changed,
-    e.g. ``"p0.6:top_p=0.6,answer_weight=0.5"`` (for sweeps that the named variants do not cover)."""
+    e.g. ``"b2k:token_budget=2048,answer_weight=0.5"`` (for sweeps that the named variants do not cover)."""
     name, sep, fields = spec.partition(":")
     if not sep or not name or not fields:
         raise SystemExit(f"--extra {spec!r}: expected NAME:key=value[,key=value...]")

@@ -100,7 +100,7 @@ def recall(adapter: VLMAdapter, memory: VideoMemory, question_embeds: torch.Tens
                 answer = score_blocks(window_queries(queries, 1), blocks, memory.retrieval_cache, config.retrieval)
                 scores = blend_shares(scores, answer, config.answer_weight)
         chosen = list(range(len(blocks))) if everything_fits else select_blocks(
-            scores, blocks, config.token_budget, config.first_blocks, config.recent_blocks, config.top_p)
+            scores, blocks, config.token_budget, config.first_blocks, config.recent_blocks)
 
     keys, values, visual = [memory.sink_keys.to(dev)], [memory.sink_values.to(dev)], \
         [torch.zeros(memory.sink_keys.shape[2], dtype=torch.bool)]

@@ -106,29 +106,20 @@ def blend_shares(window_scores: torch.Tensor, answer_scores: torch.Tensor, answe
 
 
 def select_blocks(scores: torch.Tensor, blocks: list[KVBlock], token_budget: int,
-                  first_blocks: int = 0, recent_blocks: int = 1, top_p: float = 1.0) -> list[int]:
+                  first_blocks: int = 0, recent_blocks: int = 1) -> list[int]:
     """Indices (ascending) of the blocks to bring back, within ``token_budget`` visual tokens.
 
     The always-kept blocks come first even if they alone exceed the budget (a question is never
-    answered from nothing); then blocks in descending score while they fit. With ``top_p`` < 1
-    (non-negative scores, e.g. ``mass``) the scored blocks stop once those chosen hold ``top_p`` of
-    the total score: nucleus selection, as Twilight (Lin et al., 2025) picks attention's keys, so a
-    question whose attention is peaked on a few moments is not answered among ~30 blocks that
-    merely resemble them, while a question spread over the video still fills the budget.
+    answered from nothing); then blocks in descending score while they fit.
     """
     n = len(blocks)
     forced = list(range(min(first_blocks, n))) + list(range(max(0, n - recent_blocks), n))
     chosen = set(forced)
     used = sum(blocks[i].num_visual for i in chosen)
-    total = float(scores.clamp(min=0).sum()) if top_p < 1 else 0.0
-    held = 0.0
     for i in torch.argsort(scores, descending=True, stable=True).tolist():
-        if total > 0 and held >= top_p * total:
-            break
         if i in chosen:
             continue
         if used + blocks[i].num_visual <= token_budget:
             chosen.add(i)
             used += blocks[i].num_visual
-            held += max(0.0, float(scores[i]))
     return sorted(chosen)

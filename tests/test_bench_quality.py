@@ -109,16 +109,16 @@ def test_grid_runs_every_model_and_variant_on_the_same_generated_videos(tmp_path
     and linked into each run; the merged table has a row per cell, all over the same questions."""
     grid = load_bench("quality_grid")
     assert grid.main(["--models", "tiny-random/qwen2_5_vl", "--variants", "vidqa", "blended retrieval",
-                      "--extra", "p50:top_p=0.5,answer_weight=0.5", "--minutes", "0.5", "--videos", "2", "--per-task", "1", "--token-budget", "64",
+                      "--extra", "b32:token_budget=32,answer_weight=0.5", "--minutes", "0.5", "--videos", "2", "--per-task", "1", "--token-budget", "64",
                       "--jobs", "2", "--threads", "1", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "grid.json").read_text())
     assert [r["variant"] for r in rows] == ["tiny-random/qwen2_5_vl: vidqa", "tiny-random/qwen2_5_vl: blended retrieval",
-                                            "tiny-random/qwen2_5_vl: p50"]
+                                            "tiny-random/qwen2_5_vl: b32"]
     assert rows[0]["questions"] == rows[1]["questions"] == rows[2]["questions"] >= 10
     assert all(r["videos"] == 2 for r in rows)
     shared = sorted(p.name for p in (tmp_path / "videos").iterdir())
     assert shared == ["video_0.5min", "video_0.5min_1"]
-    for variant in ("vidqa", "blended_retrieval", "p50"):
+    for variant in ("vidqa", "blended_retrieval", "b32"):
         run = tmp_path / "tiny-random_qwen2_5_vl" / variant
         assert all((run / name).is_symlink() and (run / name).resolve() == (tmp_path / "videos" / name).resolve()
                    for name in shared)
@@ -129,9 +129,10 @@ def test_extra_variants_change_memory_fields_and_reject_unknown_ones():
     import pytest
 
     quality = load_bench("quality")
-    name, config = quality.extra_variant("p0.6:top_p=0.6,answer_weight=0.5,retrieval=mass", 4096)
-    assert name == "p0.6" and config.memory.top_p == 0.6 and config.memory.answer_weight == 0.5
-    assert config.memory.token_budget == 4096 and config.memory.retrieval == "mass"
-    for bad in ("p0.6", "p:warp=2", ":top_p=0.5", "p:top_p"):
+    name, config = quality.extra_variant("b2k:token_budget=2048,answer_weight=0.5,positions=compact", 4096)
+    assert name == "b2k" and config.memory.token_budget == 2048 and config.memory.answer_weight == 0.5
+    assert config.memory.positions == "compact" and config.memory.retrieval == "mass"
+    assert quality.extra_variant("plain:retrieval_window=1", 4096)[1].memory.token_budget == 4096
+    for bad in ("b2k", "b:warp=2", ":token_budget=5", "b:token_budget"):
         with pytest.raises(SystemExit, match="--extra"):
             quality.extra_variant(bad, 4096)

@@ -332,29 +332,6 @@ def test_blended_score_adds_the_shares_of_the_window_and_of_the_answer_position(
         MemoryConfig(answer_weight=0.5, retrieval="mean")
 
 
-def test_top_p_stops_once_the_chosen_blocks_hold_that_share_of_the_score():
-    """Nucleus selection: a peaked score brings back its few blocks, a flat one fills the budget; the
-    forced newest block is always in and the budget still caps."""
-    from vidqa.memory.blocks import KVBlock
-    from vidqa.memory.storage import StoredKV
-
-    kv = StoredKV(torch.zeros(1, 1, 4, 2), 16, torch.float32)
-    blocks = [KVBlock(kv, kv, torch.ones(4, dtype=torch.bool), torch.zeros(1, 1, 2), 0, 4, 0.0, 1.0,
-                      torch.tensor([0]), 4) for _ in range(6)]
-    peaked = torch.tensor([0.02, 0.6, 0.02, 0.3, 0.02, 0.04])
-    assert select_blocks(peaked, blocks, token_budget=100, recent_blocks=1, top_p=0.85) == [1, 3, 5]
-    assert select_blocks(peaked, blocks, token_budget=100, recent_blocks=1, top_p=0.5) == [1, 5]
-    assert select_blocks(peaked, blocks, token_budget=100, recent_blocks=1) == list(range(6))
-    flat = torch.full((6,), 1 / 6)
-    assert select_blocks(flat, blocks, token_budget=100, recent_blocks=0, top_p=0.9) == list(range(6))
-    assert select_blocks(flat, blocks, token_budget=12, recent_blocks=0, top_p=0.9) == [0, 1, 2]
-    for bad in (0, 1.5, True):
-        with pytest.raises(ConfigError, match="top_p"):
-            MemoryConfig(top_p=bad)
-    with pytest.raises(ConfigError, match="top_p"):
-        MemoryConfig(top_p=0.5, retrieval="mean")
-
-
 def test_recall_with_answer_weight_scores_from_the_window_and_from_the_answer_position(qwen_adapter, monkeypatch):
     """With ``answer_weight`` the blocks are scored twice (the window's queries, then the last token's)
     and chosen by the blend of the two."""

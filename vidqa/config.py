@@ -98,9 +98,6 @@ class MemoryConfig:
     # Weight of the answer position's attention share in the block score (mass only): the score is
     # (1 - w) * the window's share + w * the answer position's share (memory.retrieve.blend_shares).
     answer_weight: float = 0.0
-    # Nucleus block selection (mass only): stop retrieving once the chosen blocks hold this share of
-    # the total score (memory.retrieve.select_blocks); 1: fill the token budget.
-    top_p: float = 1.0
     distinct_keys: int = 2  # per grid, kept at ingest for retrieval
 
     def __post_init__(self):
@@ -112,10 +109,6 @@ class MemoryConfig:
                and 0.0 <= self.answer_weight <= 1.0, f"answer_weight must be in [0, 1], got {self.answer_weight!r}")
         _check(self.answer_weight == 0 or self.retrieval == "mass",
                f"answer_weight blends attention shares: it needs retrieval 'mass', not {self.retrieval!r}")
-        _check(isinstance(self.top_p, (int, float)) and not isinstance(self.top_p, bool) and 0.0 < self.top_p <= 1.0,
-               f"top_p must be in (0, 1], got {self.top_p!r}")
-        _check(self.top_p == 1 or self.retrieval == "mass",
-               f"top_p needs non-negative block scores: retrieval 'mass', not {self.retrieval!r}")
         _check(isinstance(self.distinct_keys, int) and 0 <= self.distinct_keys <= 64,
                f"distinct_keys must be an integer in [0, 64], got {self.distinct_keys!r}")
         _check(self.recurrent_tokens >= 0 and self.recurrent_capacity >= 0,
