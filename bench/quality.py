@@ -44,6 +44,7 @@ from quality_evidence import count_in_view, needle_in_view  # noqa: E402
 from vidqa.app.evaluate import evaluate  # noqa: E402
 from vidqa.app.mlvu import load_mlvu  # noqa: E402
 from vidqa.config import MemoryConfig, VidqaConfig, VideoConfig  # noqa: E402
+from vidqa.errors import ConfigError  # noqa: E402
 from vidqa.pipeline import VideoQA  # noqa: E402
 from vidqa.synth.cli import generate  # noqa: E402
 from vidqa.synth.questions import TASKS  # noqa: E402
@@ -79,29 +80,21 @@ def variants(budget: int, frames_for_budget: int) -> dict[str, VidqaConfig]:
     }
 
 
-def _value(text: str):
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 def extra_variant(spec: str, budget: int) -> tuple[str, VidqaConfig]:
-    """``NAME:key=value,key=value`` -> the default pipeline with those ``MemoryConfig`` fields changed,
-    e.g. ``"b2k:token_budget=2048,answer_weight=0.5"`` (for sweeps that the named variants do not cover)."""
+    """``NAME:key=value,key=value`` -> the default pipeline with those ``MemoryConfig`` fields changed
+    (values read as YAML scalars, checked as a config file's are), e.g.
+    ``"b2k:token_budget=2048,answer_weight=0.5"``, for sweeps that the named variants do not cover."""
+    import yaml
+
     name, sep, fields = spec.partition(":")
-    if not sep or not name or not fields:
+    pairs = [item.partition("=") for item in fields.split(",")]
+    if not sep or not name or not fields or any(not eq or not key for key, eq, _ in pairs):
         raise SystemExit(f"--extra {spec!r}: expected NAME:key=value[,key=value...]")
-    changes = {}
-    for item in fields.split(","):
-        key, eq, value = item.partition("=")
-        if not eq or key not in MemoryConfig.__dataclass_fields__:
-            raise SystemExit(f"--extra {spec!r}: {item!r} is not key=value with a MemoryConfig key")
-        changes[key] = _value(value)
-    base = VidqaConfig(memory=MemoryConfig(token_budget=budget))
-    return name, replace(base, memory=replace(base.memory, **changes))
+    memory = {"token_budget": budget, **{key: yaml.safe_load(value) for key, _, value in pairs}}
+    try:
+        return name, VidqaConfig.from_dict({"memory": memory})
+    except ConfigError as err:
+        raise SystemExit(f"--extra {spec!r}: {err}") from err
 
 
 class Recorder:

@@ -133,6 +133,6 @@ def test_extra_variants_change_memory_fields_and_reject_unknown_ones():
     assert name == "b2k" and config.memory.token_budget == 2048 and config.memory.answer_weight == 0.5
     assert config.memory.positions == "compact" and config.memory.retrieval == "mass"
     assert quality.extra_variant("plain:retrieval_window=1", 4096)[1].memory.token_budget == 4096
-    for bad in ("b2k", "b:warp=2", ":token_budget=5", "b:token_budget"):
+    for bad in ("b2k", "b:warp=2", ":token_budget=5", "b:token_budget", "b:answer_weight=2"):
         with pytest.raises(SystemExit, match="--extra"):
             quality.extra_variant(bad, 4096)
