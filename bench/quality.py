@@ -18,6 +18,10 @@ model and the same visual-token budget per question:
   half, temporal token merging to half, and the question-aware budget (QuoTA) sharing the tokens
   between all moments of the video instead of retrieving whole blocks.
 
+``--extra NAME:key=value,...`` adds variants that change ``MemoryConfig`` fields (sweeps); with
+``--reuse-ingest`` variants that share ingest settings ingest each video once (vidqa's memory cache
+under ``<out>/memories``), so a sweep of question-time settings costs one ingest.
+
 Per variant: per-task accuracy and M-Avg (mean of task accuracies, as MLVU defines it), how often
 the findNeedle evidence reached the model and the accuracy with and without it (``quality_evidence``),
 visual tokens attended per question (median), ingest seconds, per-question latency (median), peak RSS.
@@ -98,15 +102,19 @@ def extra_variant(spec: str, budget: int) -> tuple[str, VidqaConfig]:
 
 
 class Recorder:
-    """Wraps a :class:`VideoQA` for the evaluator and records the ingest times."""
+    """Wraps a :class:`VideoQA` for the evaluator and records the ingest times. With ``reuse`` the
+    memories go through vidqa's own cache (the config's ``cache_dir``): a variant whose ingest settings
+    an earlier one shared loads that memory instead of ingesting again (``reused`` counts them, and
+    ``ingest_s`` is then load time)."""
 
-    def __init__(self, qa: VideoQA):
-        self.qa, self.ingest_s, self.last_memory = qa, [], None
+    def __init__(self, qa: VideoQA, reuse: bool = False):
+        self.qa, self.reuse, self.ingest_s, self.reused, self.last_memory = qa, reuse, [], 0, None
 
     def ingest(self, video, progress=None):
         t0 = time.perf_counter()
-        memory = self.qa.ingest(video, progress=progress, use_cache=False)
+        memory = self.qa.ingest(video, progress=progress, use_cache=self.reuse)
         self.ingest_s.append(time.perf_counter() - t0)
+        self.reused += bool(memory.stats.get("loaded_from_cache"))
         self.last_memory = memory
         return memory
 
@@ -123,10 +131,12 @@ def sampled_times(config: VidqaConfig, video: str):
 
 
 def run_variant(name: str, config: VidqaConfig, questions, model: str, adapter, out: Path,
-                timelines: dict | None = None) -> dict:
+                timelines: dict | None = None, memories: Path | None = None) -> dict:
     """One variant over ``questions`` (of one or more videos; ``timelines`` maps each video to its
     script, for the evidence columns)."""
-    qa = Recorder(VideoQA(model=model, config=config, adapter=adapter))
+    if memories is not None:
+        config = replace(config, cache_dir=str(memories))
+    qa = Recorder(VideoQA(model=model, config=config, adapter=adapter), reuse=memories is not None)
     summary = evaluate(questions, qa, out, model=model, progress=False)
     rows = [json.loads(line) for line in (out / "samples_rank0.jsonl").read_text().splitlines() if line.strip()]
     evidence = {}
@@ -143,7 +153,7 @@ def run_variant(name: str, config: VidqaConfig, questions, model: str, adapter, 
         "unparsed": sum(summary["unparsed"].values()),
         "visual_attended_median": statistics.median(attended) if attended else 0,
         "visual_stored": memory.num_visual_tokens, "frames": memory.video["frames"],
-        "ingest_s": round(sum(qa.ingest_s), 2),
+        "ingest_s": round(sum(qa.ingest_s), 2), "ingest_reused": qa.reused,
         "latency_median_s": round(statistics.median(latency), 4) if latency else None,
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), **evidence,
     }
@@ -196,6 +206,9 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", nargs="*", help="names to run (default: all)")
     ap.add_argument("--extra", nargs="*", default=[], metavar="NAME:key=value,...",
                     help="more variants: the default pipeline with MemoryConfig fields changed")
+    ap.add_argument("--reuse-ingest", action="store_true",
+                    help="variants with the same ingest settings share one ingest per video (saved under "
+                         "OUT/memories); their ingest column is then load time")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -216,7 +229,8 @@ def main(argv=None) -> int:
         for name, config in {**variants(args.token_budget, frames_for_budget), **extra}.items():
             if (args.variants or extra) and name not in (args.variants or []) and name not in extra:
                 continue
-            r = run_variant(name, config, questions, args.model, adapter, out / f"{minutes:g}min" / name, timelines)
+            r = run_variant(name, config, questions, args.model, adapter, out / f"{minutes:g}min" / name, timelines,
+                            memories=out / "memories" if args.reuse_ingest else None)
             r["minutes"], r["videos"] = minutes, args.videos
             results.append(r)
             print(json.dumps(r), flush=True)

@@ -136,3 +136,17 @@ def test_extra_variants_change_memory_fields_and_reject_unknown_ones():
     for bad in ("b2k", "b:warp=2", ":token_budget=5", "b:token_budget", "b:answer_weight=2"):
         with pytest.raises(SystemExit, match="--extra"):
             quality.extra_variant(bad, 4096)
+
+
+def test_reuse_ingest_loads_the_first_variants_memory_for_question_time_variants(tmp_path):
+    """--reuse-ingest: a variant that changes only question-time settings loads the memory the first
+    one saved (vidqa's cache) instead of ingesting again; one that changes ingest does not."""
+    quality = load_bench("quality")
+    assert quality.main(["--model", "tiny-random/qwen2_5_vl", "--minutes", "0.5", "--token-budget", "4096",
+                         "--per-task", "1", "--variants", "vidqa", "4-bit KV", "--extra", "b32:token_budget=32",
+                         "--reuse-ingest", "--out", str(tmp_path)]) == 0
+    rows = {r["variant"]: r for r in json.loads((tmp_path / "quality.json").read_text())}
+    assert [rows[v]["ingest_reused"] for v in ("vidqa", "4-bit KV", "b32")] == [0, 0, 1]
+    assert rows["b32"]["visual_stored"] == rows["vidqa"]["visual_stored"]
+    assert rows["b32"]["visual_attended_median"] < rows["vidqa"]["visual_attended_median"]
+    assert sum(p.is_dir() for p in (tmp_path / "memories").iterdir()) == 2  # 16-bit and 4-bit KV
