@@ -13,12 +13,12 @@ the same questions. Writes ``<out>/grid.md`` (one table, a row per model and var
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -43,6 +43,14 @@ def _generate(job) -> None:
         subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from vidqa.synth.cli import generate; "
                         "generate(Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), per_task=int(sys.argv[4]))",
                         folder, str(seconds), str(seed), str(per_task)], check=True)
+
+
+def _run(item, env: dict) -> str | None:
+    """One ``bench/quality.py`` run, its output in ``<run>/log.txt``; a line saying so if it failed."""
+    model, name, run, cmd = item
+    with open(run / "log.txt", "w") as log:
+        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    return f"{model} / {name}: exit {code}, see {run / 'log.txt'}" if code else None
 
 
 def slug(text: str) -> str:
@@ -77,7 +85,8 @@ def main(argv=None) -> int:
     for model in args.models:
         for variant in args.variants + args.extra:
             extra = variant in args.extra
-            run = out / slug(model) / slug(variant.partition(":")[0] if extra else variant)
+            name = variant.partition(":")[0] if extra else variant
+            run = out / slug(model) / slug(name)
             run.mkdir(parents=True, exist_ok=True)
             for folder, *_ in jobs:
                 link = run / Path(folder).name
@@ -88,24 +97,11 @@ def main(argv=None) -> int:
                    "--minutes", *[f"{m:g}" for m in args.minutes], "--videos", str(args.videos),
                    "--per-task", str(args.per_task), "--seed", str(args.seed),
                    "--token-budget", str(args.token_budget), "--out", str(run)]
-            runs.append((model, variant.partition(":")[0] if extra else variant, run, cmd))
+            runs.append((model, name, run, cmd))
 
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-    pending, active, failed = list(runs), [], []
-    while pending or active:
-        while pending and len(active) < args.jobs:
-            model, variant, run, cmd = pending.pop(0)
-            log = open(run / "log.txt", "w")
-            active.append((model, variant, run, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
-        finished = [a for a in active if a[3].poll() is not None]
-        if not finished:
-            time.sleep(1)
-            continue
-        for a in finished:
-            active.remove(a)
-            a[4].close()
-            if a[3].returncode:
-                failed.append(f"{a[0]} / {a[1]}: exit {a[3].returncode}, see {a[2] / 'log.txt'}")
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        failed = [line for line in pool.map(functools.partial(_run, env=env), runs) if line]
 
     results = []
     for model, variant, run, _ in runs:
