@@ -212,6 +212,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     out = Path(args.out)
+    extra = dict(extra_variant(spec, args.token_budget) for spec in args.extra)  # checked before the model loads
     adapter = load_adapter(args.model)
     results = []
     for minutes in args.minutes:
@@ -225,7 +226,6 @@ def main(argv=None) -> int:
             questions += video_questions
         # uniform: the even number of frames whose tokens fill the budget
         frames_for_budget = max(2, int(args.token_budget / tokens_per_frame(adapter, questions[0].video)) // 2 * 2)
-        extra = dict(extra_variant(spec, args.token_budget) for spec in args.extra)
         for name, config in {**variants(args.token_budget, frames_for_budget), **extra}.items():
             if (args.variants or extra) and name not in (args.variants or []) and name not in extra:
                 continue
