@@ -84,6 +84,18 @@ def variants(budget: int, frames_for_budget: int) -> dict[str, VidqaConfig]:
     }
 
 
+def video_folder(minutes: float, k: int) -> str:
+    """The folder name of the ``k``-th video of a length (the first keeps the name earlier runs used)."""
+    return f"video_{minutes:g}min" + (f"_{k}" if k else "")
+
+
+def held_out_video(folder: Path, minutes: float, seed: int, per_task: int) -> Path:
+    """``folder`` with its video, timeline and questions, generated unless a run already did."""
+    if not (Path(folder) / "questions.json").exists():
+        generate(Path(folder), minutes * 60, seed, per_task=per_task)
+    return Path(folder)
+
+
 def extra_variant(spec: str, budget: int) -> tuple[str, VidqaConfig]:
     """``NAME:key=value,key=value`` -> the default pipeline with those ``MemoryConfig`` fields changed
     (values read as YAML scalars, checked as a config file's are), e.g.
@@ -218,9 +230,7 @@ def main(argv=None) -> int:
     for minutes in args.minutes:
         questions, timelines = [], {}
         for k in range(args.videos):  # the first video's folder keeps its name: earlier runs resume
-            folder = out / (f"video_{minutes:g}min" + (f"_{k}" if k else ""))
-            if not (folder / "questions.json").exists():
-                generate(folder, minutes * 60, args.seed + k, per_task=args.per_task)
+            folder = held_out_video(out / video_folder(minutes, k), minutes, args.seed + k, args.per_task)
             video_questions = load_mlvu(folder / "questions.json", video_root=folder)
             timelines[video_questions[0].video] = Timeline.from_json((folder / "timeline.json").read_text())
             questions += video_questions

@@ -26,23 +26,16 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from quality import table  # noqa: E402
+from quality import table, video_folder  # noqa: E402
 from vidqa.synth.train_data import HELD_OUT_SEED_BASE  # noqa: E402
 
 
-def video_folders(minutes: float, videos: int) -> list[str]:
-    """The folder names ``bench/quality.py`` gives the videos of one length."""
-    return [f"video_{minutes:g}min" + (f"_{k}" if k else "") for k in range(videos)]
-
-
 def _generate(job) -> None:
-    """One video, in its own process (rendering is bound by the GIL): what ``bench/quality.py`` would
-    write into that folder."""
-    folder, seconds, seed, per_task = job
-    if not (Path(folder) / "questions.json").exists():
-        subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from vidqa.synth.cli import generate; "
-                        "generate(Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), per_task=int(sys.argv[4]))",
-                        folder, str(seconds), str(seed), str(per_task)], check=True)
+    """One video, in its own process (rendering is bound by the GIL), as ``bench/quality.py`` makes it."""
+    folder, minutes, seed, per_task = job
+    subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from quality import held_out_video; "
+                    "held_out_video(sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))",
+                    str(HERE), folder, str(minutes), str(seed), str(per_task)], check=True)
 
 
 def _run(item, env: dict) -> str | None:
@@ -76,8 +69,8 @@ def main(argv=None) -> int:
         ap.error("give --variants or --extra")
     out = Path(args.out)
     shared = out / "videos"
-    jobs = [(str(shared / name), m * 60, args.seed + k, args.per_task)
-            for m in args.minutes for k, name in enumerate(video_folders(m, args.videos))]
+    jobs = [(str(shared / video_folder(m, k)), m, args.seed + k, args.per_task)
+            for m in args.minutes for k in range(args.videos)]
     with ThreadPoolExecutor(max(1, min(args.jobs, len(jobs)))) as pool:
         list(pool.map(_generate, jobs))
 
