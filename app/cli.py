@@ -45,6 +45,9 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
                                                        "block score, blended with the window's (0..1)")
     g.add_argument("--layer-keep", help="in-LLM pruning (PyramidDrop), e.g. '8:0.5,16:0.25': visual KV kept from "
                                         "those layers on (default off)")
+    g.add_argument("--choice", choices=["generate", "likelihood"],
+                   help="multiple choice: the greedy reply's letter (generate, default) or the option whose "
+                        "whole reply the model finds likeliest (likelihood)")
     g.add_argument("--cache-dir", help="where ingested memories are saved (default ~/.cache/vidqa)")
 
 
@@ -88,7 +91,7 @@ def _settings(args):
     flags = {k: getattr(args, k, None) for k in (
         "config", "model", "device", "fps", "num_frames", "max_frames", "chunk_frames", "max_pixels",
         "decoder", "decode_workers", "reducers", "token_budget", "window_chunks", "kv_bits", "compress_ratio",
-        "positions", "retrieval", "retrieval_window", "answer_weight", "layer_keep", "max_new_tokens", "cache_dir")}
+        "positions", "retrieval", "retrieval_window", "answer_weight", "layer_keep", "max_new_tokens", "choice", "cache_dir")}
     return resolve(flags)
 
 

@@ -10,7 +10,7 @@ A config file is YAML (``.yaml``/``.yml``) or TOML (``.toml``) with the shape of
 
 Environment variables: ``VIDQA_CONFIG`` (the file), ``VIDQA_MODEL``, ``VIDQA_DEVICE``,
 ``VIDQA_FPS``, ``VIDQA_MAX_FRAMES``, ``VIDQA_REDUCERS``, ``VIDQA_TOKEN_BUDGET``, ``VIDQA_KV_BITS``,
-``VIDQA_DECODER``, ``VIDQA_CACHE_DIR``.
+``VIDQA_DECODER``, ``VIDQA_CACHE_DIR``, ``VIDQA_CHOICE``.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ ENV_SETTINGS = {
     "VIDQA_TOKEN_BUDGET": ("memory", "token_budget", int),
     "VIDQA_KV_BITS": ("memory", "kv_bits", int),
     "VIDQA_CACHE_DIR": (None, "cache_dir", str),
+    "VIDQA_CHOICE": (None, "choice", str),
 }
 
 # flag dest -> (section or None, key)
@@ -49,6 +50,7 @@ FLAG_SETTINGS = {
     "retrieval": ("memory", "retrieval"), "retrieval_window": ("memory", "retrieval_window"),
     "answer_weight": ("memory", "answer_weight"),
     "max_new_tokens": (None, "max_new_tokens"),
+    "choice": (None, "choice"),
     "cache_dir": (None, "cache_dir"),
 }
 

@@ -71,6 +71,8 @@ def variants(budget: int, frames_for_budget: int) -> dict[str, VidqaConfig]:
         "answer-position retrieval": replace(base, memory=replace(mem, retrieval_window=1)),
         # half the block score from every prompt token's attention share, half from the answer position's
         "blended retrieval": replace(base, memory=replace(mem, answer_weight=0.5)),
+        # multiple choice by the likelihood of each option's whole reply instead of the greedy reply's letter
+        "likelihood choice": replace(base, choice="likelihood"),
         "uniform": replace(base, video=VideoConfig(num_frames=frames_for_budget),
                            memory=replace(mem, token_budget=EVERYTHING)),
         "full": replace(base, memory=replace(mem, token_budget=EVERYTHING)),

@@ -146,6 +146,9 @@ INGEST_MEMORY_FIELDS = ("window_chunks", "recurrent_tokens", "recurrent_capacity
                         "distinct_keys")
 
 
+CHOICE_MODES = ("generate", "likelihood")
+
+
 @dataclass
 class VidqaConfig:
     """Everything a run needs besides the model name. ``reducers``: a chain spec such as
@@ -156,9 +159,13 @@ class VidqaConfig:
     reducers: str = ""
     max_new_tokens: int = 64
     cache_dir: str | None = None  # None: ~/.cache/vidqa (VIDQA_CACHE_DIR overrides)
+    # How a multiple-choice question is answered: "generate" (greedy reply, its letter parsed) or
+    # "likelihood" (the option whose whole reply "B) text" is likeliest; vidqa/option_scoring.py).
+    choice: str = "generate"
 
     def __post_init__(self):
         _check(self.max_new_tokens > 0, "max_new_tokens must be positive")
+        _check(self.choice in CHOICE_MODES, f"choice must be one of {', '.join(CHOICE_MODES)}; got {self.choice!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -299,20 +299,31 @@ class VideoQA:
         # forward attends with each layer's own cache length, so uneven caches (ctx.uneven) need nothing more
         logits = adapter.forward(q_embeds, adapter.text_positions(len(q_ids), ctx.next_position), ctx.cache)
         ttft = time.perf_counter() - t1
-        for token in adapter.generate(logits, ctx.next_position + len(q_ids), ctx.cache, limit):
-            ids.append(token)
-            text = adapter.decode_ids(ids)
-            if len(text) > len(emitted) and not text.endswith("\ufffd"):
-                yield text[len(emitted):]
-                emitted = text
-        text = adapter.decode_ids(ids)
-        if len(text) > len(emitted):
-            yield text[len(emitted):]
         choice_index = None
-        if options:
-            from vidqa.mcq import parse_choice
+        if options and self.config.choice == "likelihood":
+            from vidqa.option_scoring import option_reply, reply_log_likelihoods
 
-            choice_index = parse_choice(text, options)
+            replies = [option_reply(i, o) for i, o in enumerate(options)]
+            scores = reply_log_likelihoods(adapter, logits, ctx.next_position + len(q_ids), ctx.cache, replies)
+            choice_index = int(torch.argmax(scores))
+            ttft = time.perf_counter() - t1  # the whole reply comes at once, after every option is scored
+            text = replies[choice_index]
+            ids = adapter.tokenize(text).tolist()
+            yield text
+        else:
+            for token in adapter.generate(logits, ctx.next_position + len(q_ids), ctx.cache, limit):
+                ids.append(token)
+                text = adapter.decode_ids(ids)
+                if len(text) > len(emitted) and not text.endswith("\ufffd"):
+                    yield text[len(emitted):]
+                    emitted = text
+            text = adapter.decode_ids(ids)
+            if len(text) > len(emitted):
+                yield text[len(emitted):]
+            if options:
+                from vidqa.mcq import parse_choice
+
+                choice_index = parse_choice(text, options)
         yield Answer(
             text=text, choice_index=choice_index,
             choice=chr(ord("A") + choice_index) if choice_index is not None else None,
