@@ -18,7 +18,7 @@ model and the same visual-token budget per question:
   half, temporal token merging to half, and the question-aware budget (QuoTA) sharing the tokens
   between all moments of the video instead of retrieving whole blocks.
 
-``--extra NAME:key=value,...`` adds variants that change ``MemoryConfig`` fields (sweeps); with
+``--extra NAME:key=value,...`` adds variants that change ``MemoryConfig`` fields or ``choice`` (sweeps); with
 ``--reuse-ingest`` variants that share ingest settings ingest each video once (vidqa's memory cache
 under ``<out>/memories``), so a sweep of question-time settings costs one ingest.
 
@@ -31,6 +31,7 @@ Writes ``<out>/quality.md`` and ``<out>/quality.json``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import resource
@@ -99,18 +100,21 @@ def held_out_video(folder: Path, minutes: float, seed: int, per_task: int) -> Pa
 
 
 def extra_variant(spec: str, budget: int) -> tuple[str, VidqaConfig]:
-    """``NAME:key=value,key=value`` -> the default pipeline with those ``MemoryConfig`` fields changed
-    (values read as YAML scalars, checked as a config file's are), e.g.
-    ``"b2k:token_budget=2048,answer_weight=0.5"``, for sweeps that the named variants do not cover."""
+    """``NAME:key=value,key=value`` -> the default pipeline with those ``MemoryConfig`` fields (or
+    top-level ``VidqaConfig`` fields such as ``choice``) changed, values read as YAML scalars and checked
+    as a config file's are, e.g. ``"b2k:token_budget=2048,answer_weight=0.5,choice=likelihood"``, for
+    sweeps that the named variants do not cover."""
     import yaml
 
     name, sep, fields = spec.partition(":")
     pairs = [item.partition("=") for item in fields.split(",")]
     if not sep or not name or not fields or any(not eq or not key for key, eq, _ in pairs):
         raise SystemExit(f"--extra {spec!r}: expected NAME:key=value[,key=value...]")
-    memory = {"token_budget": budget, **{key: yaml.safe_load(value) for key, _, value in pairs}}
+    top = {f.name for f in dataclasses.fields(VidqaConfig)} - {"video", "memory"}
+    values = {key: yaml.safe_load(value) for key, _, value in pairs}
+    memory = {"token_budget": budget, **{k: v for k, v in values.items() if k not in top}}
     try:
-        return name, VidqaConfig.from_dict({"memory": memory})
+        return name, VidqaConfig.from_dict({"memory": memory, **{k: v for k, v in values.items() if k in top}})
     except ConfigError as err:
         raise SystemExit(f"--extra {spec!r}: {err}") from err
 

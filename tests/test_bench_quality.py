@@ -133,7 +133,9 @@ def test_extra_variants_change_memory_fields_and_reject_unknown_ones():
     assert name == "b2k" and config.memory.token_budget == 2048 and config.memory.answer_weight == 0.5
     assert config.memory.positions == "compact" and config.memory.retrieval == "mass"
     assert quality.extra_variant("plain:retrieval_window=1", 4096)[1].memory.token_budget == 4096
-    for bad in ("b2k", "b:warp=2", ":token_budget=5", "b:token_budget", "b:answer_weight=2"):
+    name, config = quality.extra_variant("lk:choice=likelihood,answer_weight=0.5", 4096)
+    assert config.choice == "likelihood" and config.memory.answer_weight == 0.5
+    for bad in ("b2k", "b:warp=2", ":token_budget=5", "b:token_budget", "b:answer_weight=2", "b:choice=vote"):
         with pytest.raises(SystemExit, match="--extra"):
             quality.extra_variant(bad, 4096)
 
