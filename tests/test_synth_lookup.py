@@ -160,3 +160,42 @@ def test_option_and_readout_losses_are_learnt():
         reads.append(float(read.detach()))
     assert picks[0] < 0.3 and picks[-1] > 0.6, picks
     assert reads[-1] < 0.3 * reads[0], reads
+
+
+def test_first_sightings_keep_one_grid_per_appearance():
+    from vidqa.synth.lookup_loss import first_sightings
+
+    cells = 4
+    # grids 0-1: an appearance at cells 1 then 2; grid 2 empty; grids 3-5: a second one (two cells in grid 3)
+    grids = torch.zeros(6, cells, dtype=torch.bool)
+    grids[0, 1] = grids[1, 2] = True
+    grids[3, 0] = grids[3, 1] = grids[4, 1] = grids[5, 2] = True
+    first = first_sightings(grids.reshape(-1), cells).reshape(6, cells)
+    expected = torch.zeros_like(grids)
+    expected[0, 1] = expected[3, 0] = expected[3, 1] = True
+    assert torch.equal(first, expected)
+    assert not first_sightings(torch.zeros(8, dtype=torch.bool), cells).any()
+
+
+def test_count_first_changes_only_count_evidence(synth_adapter):
+    """With ``count_first`` a count row's evidence shrinks to the first sights (fewer tokens); a row
+    of another task keeps its evidence, and so its loss."""
+    layout = dict(batch_layout(random.Random(5)), chunks=3)
+    items = [make_clip(300 + i, 3, layout["offset"], True, 2) for i in range(2)]
+    count = [[q for q in questions if q.kind == "mc" and q.task == "count"][:2] for _, _, questions, _ in items]
+    needle = [[q for q in questions if q.kind == "mc" and q.task == "findNeedle"][:1] for _, _, questions, _ in items]
+    assert all(count) and all(needle)
+    lm = synth_adapter.model.model.language_model
+
+    def losses(qa):
+        batch = {"frames": torch.from_numpy(np.stack([f for f, _, _, _ in items])), "times": items[0][1], "qa": qa,
+                 "token_labels": torch.from_numpy(np.stack([lab for _, _, _, lab in items])), **layout}
+        with torch.no_grad(), LookupCapture(lm, 3) as cap:
+            _, labels, tasks = batch_logits(synth_adapter, batch, "cpu")
+        _, is_visual, _, _, _ = video_template(synth_adapter, batch, (8, 16))
+        return [lookup_loss(cap, batch, labels, tasks, is_visual, count_first=first) for first in (False, True)]
+
+    (_, every), (_, first) = losses(count)
+    assert 0 < float(first["evidence_share"]) < float(every["evidence_share"])
+    (loss_all, _), (loss_first, _) = losses(needle)
+    assert float(loss_first) == float(loss_all)

@@ -298,11 +298,38 @@ def test_eval_only_scores_a_resumed_model_on_short_and_long_clips(tmp_path, monk
     train.save_weights(model, tmp_path / "model.safetensors")
     before = (tmp_path / "model.safetensors").read_bytes()
     assert train.main(["--out", str(tmp_path), "--resume", str(tmp_path), "--eval-only", "--eval-batches", "1",
-                       "--workers", "0", "--max-chunks", "8"]) == 0
+                       "--workers", "0", "--max-chunks", "8", "--count-eval-batches", "1"]) == 0
     result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["heldout_count_accuracy"]["questions"] > 0
     for key in ("heldout_accuracy", "heldout_accuracy_long"):
         acc = result[key]
         assert acc["questions"] > 0 and 0 <= acc["m_avg"] <= 100
     assert (tmp_path / "model.safetensors").read_bytes() == before
     with pytest.raises(SystemExit):
         train.main(["--out", str(tmp_path), "--eval-only"])
+
+
+def test_count_share_sets_how_many_batches_hold_count_targets():
+    from vidqa.synth.train_data import COUNT_TARGETS_IN_CLIPS
+
+    rng = random.Random(3)
+    assert all(batch_layout(rng, count_share=1.0)["count_targets"] == COUNT_TARGETS_IN_CLIPS for _ in range(50))
+    assert all(batch_layout(rng, count_share=0.0)["count_targets"] is None for _ in range(50))
+    # the default draws are those of every earlier stage
+    assert [batch_layout(random.Random(9)) for _ in range(5)] == \
+        [batch_layout(random.Random(9), count_share=0.5) for _ in range(5)]
+
+
+def test_count_accuracy_asks_count_questions_by_true_count(synth_adapter, monkeypatch):
+    """Counting on held-out clips with pairs shown 1-6 times: every question is a count one, the
+    buckets split the questions by their answer, and the same seed gives the same clips."""
+    from vidqa.synth import count_eval
+
+    batch = count_eval.count_batch(random.Random(0), 2, 3)
+    assert all(q.task == "count" and q.kind == "mc" for qs in batch["qa"] for q in qs)
+    assert batch["frames"].shape[:2] == (2, 48) and batch["count_targets"] == count_eval.COUNT_TARGETS_IN_CLIPS
+    again = count_eval.count_batch(random.Random(0), 2, 3)
+    assert [q.question for qs in batch["qa"] for q in qs] == [q.question for qs in again["qa"] for q in qs]
+    acc = count_eval.count_accuracy(synth_adapter, "cpu", 1, clips_per_batch=2, chunks=3)
+    assert acc["questions"] == sum(len(qs) for qs in batch["qa"]) > 0
+    assert 0 <= acc["all"] <= 100 and set(acc) - {"all", "questions"} <= {"1-2", "3-4", "5+"}

@@ -63,7 +63,7 @@ from vidqa.synth.lookup_loss import LookupCapture, answer_positions, lookup_loss
 from vidqa.synth.questions import TASKS
 from vidqa.synth.streaming_prefill import streaming_prefill
 from vidqa.synth.token_labels import CLASSES, FIELDS, IGNORE
-from vidqa.synth.train_data import CHUNK, FRAMES_PER_BATCH, MAX_CHUNKS, ClipBatches, pick_questions
+from vidqa.synth.train_data import CHUNK, COUNT_SHARE, FRAMES_PER_BATCH, MAX_CHUNKS, ClipBatches, pick_questions
 from vidqa.vlm.vision_attention import packed_vision_attention
 
 HEIGHT, WIDTH = 112, 224  # what the processor makes of the world's 448x252 (16:9) videos
@@ -411,6 +411,10 @@ def held_out_accuracy(adapter, device, args, streaming: MemoryConfig | None) -> 
     if args.max_chunks > MAX_CHUNKS:
         acc["heldout_accuracy_long"] = evaluate(adapter, device, 4 * args.eval_batches, workers=workers,
                                                 streaming=streaming, max_chunks=args.max_chunks)
+    if args.count_eval_batches:
+        from vidqa.synth.count_eval import count_accuracy
+
+        acc["heldout_count_accuracy"] = count_accuracy(adapter, device, args.count_eval_batches, streaming=streaming)
     return acc
 
 
@@ -459,6 +463,14 @@ def main(argv=None) -> int:
     ap.add_argument("--max-chunks", type=int, default=MAX_CHUNKS,
                     help=f"above {MAX_CHUNKS}: half the batches are clips of {MAX_CHUNKS + 1} to this many chunks, "
                          "as many as retrieval gives the model at an hour; also evaluated on such clips")
+    ap.add_argument("--count-share", type=float, default=COUNT_SHARE,
+                    help="share of training batches whose clips hold pairs shown 1-6 times (counting)")
+    ap.add_argument("--count-evidence", choices=["all", "first"], default="all",
+                    help="a count question's look-up evidence: every token of the pair, or the first sight "
+                         "of each appearance (vidqa.synth.lookup_loss.first_sightings)")
+    ap.add_argument("--count-eval-batches", type=int, default=0,
+                    help="also measure counting by true count on this many batches of held-out clips "
+                         "(vidqa.synth.count_eval)")
     ap.add_argument("--eval-only", action="store_true",
                     help="only the held-out evaluation of --resume (with --max-chunks: long clips too) into OUT/eval.json")
     args = ap.parse_args(argv)
@@ -491,7 +503,8 @@ def main(argv=None) -> int:
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.05, betas=(0.9, 0.98))
     loader = torch.utils.data.DataLoader(
         ClipBatches(args.seed + (7 if args.resume else 0), frames_per_batch=args.frames_per_batch,
-                    questions_per_clip=args.questions_per_clip, max_chunks=args.max_chunks),
+                    questions_per_clip=args.questions_per_clip, max_chunks=args.max_chunks,
+                    count_share=args.count_share),
         batch_size=None, num_workers=args.workers, prefetch_factor=4 if args.workers else None,
         persistent_workers=args.workers > 0, worker_init_fn=lambda _: torch.set_num_threads(1),
         pin_memory=device == "cuda")
@@ -534,7 +547,8 @@ def main(argv=None) -> int:
             loss = answer_loss = row_loss(logits, labels)
             probe_log = {}
             if args.lookup_loss > 0:
-                look, look_log = lookup_loss(capture, batch, labels, tasks, parts.is_visual)
+                look, look_log = lookup_loss(capture, batch, labels, tasks, parts.is_visual,
+                                             count_first=args.count_evidence == "first")
                 if look is not None:
                     loss = loss + args.lookup_loss * look
                     far = batch["gap"] or batch["question_gap"] or any(batch["chunk_gaps"])
@@ -597,7 +611,7 @@ def main(argv=None) -> int:
             "option_loss": args.option_loss, "prefill": args.prefill,
             "window_chunks": args.window_chunks if streaming else None,
             "recurrent_tokens": args.recurrent_tokens if streaming else None, "rope_theta": model.config.text_config.rope_parameters["rope_theta"],
-            "max_chunks": args.max_chunks,
+            "max_chunks": args.max_chunks, "count_share": args.count_share, "count_evidence": args.count_evidence,
             "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
             "heldout_accuracy": acc.pop("heldout_accuracy"), **acc}
     print(json.dumps(info), flush=True)

@@ -54,6 +54,7 @@ DESCRIBE = "Describe the video."
 TOKEN_GRID = (4, 8)  # merged cells (rows, columns) of the model's 224x112 frames: 28-pixel cells
 DENSE = dict(object_every=5.0, card_every=9.0, scene_every=14.0)
 COUNT_TARGETS_IN_CLIPS = 2  # pairs shown 1-6 times in a clip of batches that ask for counts
+COUNT_SHARE = 0.5  # of the training batches that do
 
 
 @dataclass
@@ -114,11 +115,13 @@ def make_clip(seed: int, chunks: int, offset: float, dense: bool = True, count_t
     return frames, times, clip_questions(tl, seed, offset), labels
 
 
-def batch_layout(rng: random.Random, held_out: bool = False, max_chunks: int = MAX_CHUNKS) -> dict:
+def batch_layout(rng: random.Random, held_out: bool = False, max_chunks: int = MAX_CHUNKS,
+                 count_share: float = COUNT_SHARE) -> dict:
     """The shared part of a batch: chunk count, time offset and position gaps.
 
     ``max_chunks`` above :data:`MAX_CHUNKS` makes :data:`LONG_CLIP_SHARE` of the training batches
-    long and every held-out one (the long evaluation); at the default the draws are those of every
+    long and every held-out one (the long evaluation); ``count_share``: the share of training
+    batches whose clips hold pairs shown 1-6 times; at the defaults the draws are those of every
     earlier stage."""
     chunks = rng.randint(1, MAX_CHUNKS)
     if max_chunks > MAX_CHUNKS and (held_out or rng.random() < LONG_CLIP_SHARE):
@@ -134,7 +137,7 @@ def batch_layout(rng: random.Random, held_out: bool = False, max_chunks: int = M
         # Counts of 4-6, as an hour gives, in half the training batches. Random clips count 1-3
         # (stop 19: 86% of count answers were 1, and the model answered 3 for every count of an hour).
         # Held-out batches stay as they were, comparable across stages (and draw nothing more).
-        "count_targets": None if held_out else (COUNT_TARGETS_IN_CLIPS if rng.random() < 0.5 else None),
+        "count_targets": None if held_out else (COUNT_TARGETS_IN_CLIPS if rng.random() < count_share else None),
     }
 
 
@@ -163,16 +166,17 @@ class ClipBatches(torch.utils.data.IterableDataset):
     """
 
     def __init__(self, seed: int, held_out: bool = False, frames_per_batch: int = FRAMES_PER_BATCH,
-                 questions_per_clip: int = QUESTIONS_PER_CLIP, max_chunks: int = MAX_CHUNKS):
+                 questions_per_clip: int = QUESTIONS_PER_CLIP, max_chunks: int = MAX_CHUNKS,
+                 count_share: float = COUNT_SHARE):
         self.seed, self.held_out, self.frames_per_batch = seed, held_out, frames_per_batch
-        self.questions_per_clip, self.max_chunks = questions_per_clip, max_chunks
+        self.questions_per_clip, self.max_chunks, self.count_share = questions_per_clip, max_chunks, count_share
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         rng = random.Random(self.seed * 1000 + (info.id if info else 0))
         base = HELD_OUT_SEED_BASE if self.held_out else 0
         while True:
-            layout = batch_layout(rng, self.held_out, self.max_chunks)
+            layout = batch_layout(rng, self.held_out, self.max_chunks, self.count_share)
             n = max(1, self.frames_per_batch // (layout["chunks"] * CHUNK))
             clips = [make_clip(base + rng.randrange(HELD_OUT_SEED_BASE), layout["chunks"], layout["offset"],
                                layout["dense"], layout["count_targets"]) for _ in range(n)]
