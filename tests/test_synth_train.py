@@ -246,6 +246,13 @@ def test_export_writes_a_loadable_folder_with_its_card(tmp_path):
     card = (export(ckpt, tmp_path / "long") / "README.md").read_text()
     assert "half the batches clips of 7-32 chunks" in card
     assert "On held-out clips of 7-32 chunks (8 questions): findNeedle 70.0; M-Avg 70.0." in card
+    counts = {"1-2": 90.0, "3-4": 50.0, "5+": 40.0, "all": 70.0, "questions": 12}
+    (ckpt / "training.json").write_text(_json.dumps({"steps": 3, "train_seconds": 1.0, "heldout_accuracy": acc,
+                                                     "count_share": 1.0, "count_evidence": "first",
+                                                     "heldout_count_accuracy": counts}))
+    card = (export(ckpt, tmp_path / "counts") / "README.md").read_text()
+    assert "count targets in 100% of the batches, count evidence: first sights" in card
+    assert "(12 questions), by the true count: 1-2 90.0, 3-4 50.0, 5+ 40.0, all 70.0." in card
     save_file({"nonsense": torch.zeros(1)}, str(ckpt / "model.safetensors"))
     with pytest.raises(ValueError, match="does not match"):
         export(ckpt, tmp_path / "bad")

@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from vidqa.synth.train_data import MAX_CHUNKS
+from vidqa.synth.train_data import COUNT_SHARE, MAX_CHUNKS
 
 CARD = """\
 # synth-tiny
@@ -48,7 +48,13 @@ streaming`: every chunk sees the prompt, pooled entries of the chunks before its
 two chunks, not the whole clip; `vidqa/synth/streaming_prefill.py`), and the accuracy below is
 measured the same way. A stage trained with `--max-chunks` also saw, in half its batches, clips of up
 to that many chunks, as many as retrieval gives the model at an hour (~30 blocks); its held-out
-accuracy on such long clips is given beside the table.
+accuracy on such long clips is given beside the table. A stage trained with `--count-share 1.0
+--count-evidence first` (stage 12) counted: every clip showed two (colour, shape) pairs 1-6 times,
+and a count question's look-up evidence was the first sight of each appearance rather than all of
+it, so that the attention it draws grows with the count and not with how long each appearance lasts
+(`first_sightings` in `vidqa/synth/lookup_loss.py`). The card's held-out clips mostly ask for counts
+of 1; counting by true count is measured on other held-out clips (`vidqa/synth/count_eval.py`) and
+given beside the table.
 
 ## Accuracy
 Held-out synthetic clips (seeds above 10,000,000, never used in training), multiple choice,
@@ -89,6 +95,10 @@ def _aux(stage: dict) -> str:
         text += f", streaming prefill (window {stage.get('window_chunks')})"
     if stage.get("max_chunks", MAX_CHUNKS) > MAX_CHUNKS:
         text += f", half the batches clips of {MAX_CHUNKS + 1}-{stage['max_chunks']} chunks"
+    if stage.get("count_share", COUNT_SHARE) != COUNT_SHARE:
+        text += f", count targets in {stage['count_share']:.0%} of the batches"
+    if stage.get("count_evidence", "all") != "all":
+        text += f", count evidence: {stage['count_evidence']} sights"
     return text
 
 
@@ -114,6 +124,11 @@ def model_card(model, info: dict, history: list[dict]) -> str:
         table += ["", f"On held-out clips of {MAX_CHUNKS + 1}-{info['max_chunks']} chunks ({long['questions']} questions): "
                   + ", ".join(f"{k} {v}" for k, v in long.items() if k not in ("questions", "m_avg", "hinted_letter_acc"))
                   + f"; M-Avg {long['m_avg']}."]
+    counts = info.get("heldout_count_accuracy")
+    if counts:
+        table += ["", f"Counting on held-out clips of 6 chunks that show two pairs 1-6 times each ({counts['questions']} "
+                  "questions), by the true count: " + ", ".join(f"{k} {v}" for k, v in counts.items() if k != "questions")
+                  + "."]
     return CARD.format(params=sum(p.numel() for p in model.parameters()) / 1e6, vision=vision.depth,
                        vision_width=vision.hidden_size, layers=text.num_hidden_layers, width=text.hidden_size,
                        vocab=text.vocab_size, history="\n".join(lines), accuracy="\n".join(table))
