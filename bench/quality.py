@@ -16,7 +16,9 @@ model and the same visual-token budget per question:
 * ablations   -- one component changed at a time: ReKV's mean-key block score, blocks scored from the
   answer position alone, no recurrent memory, no sliding window, 4-bit KV, LOOK-M compression to
   half, temporal token merging to half, and the question-aware budget (QuoTA) sharing the tokens
-  between all moments of the video instead of retrieving whole blocks.
+  between all moments of the video instead of retrieving whole blocks;
+* ``blind``   -- no video at all: the question and its options alone, the floor any variant must beat
+  by a wide margin on every task (a check that the questions do not give their answers away).
 
 ``--extra NAME:key=value,...`` adds variants that change ``MemoryConfig`` fields or ``choice`` (sweeps); with
 ``--reuse-ingest`` variants that share ingest settings ingest each video once (vidqa's memory cache
@@ -52,7 +54,7 @@ from vidqa.config import MemoryConfig, VidqaConfig, VideoConfig  # noqa: E402
 from vidqa.errors import ConfigError  # noqa: E402
 from vidqa.pipeline import VideoQA  # noqa: E402
 from vidqa.synth.cli import generate  # noqa: E402
-from vidqa.synth.questions import TASKS  # noqa: E402
+from vidqa.synth.questions import TASKS, make_questions  # noqa: E402
 from vidqa.synth.world import Timeline  # noqa: E402
 from vidqa.synth.train_data import HELD_OUT_SEED_BASE  # noqa: E402
 
@@ -74,6 +76,8 @@ def variants(budget: int, frames_for_budget: int) -> dict[str, VidqaConfig]:
         "blended retrieval": replace(base, memory=replace(mem, answer_weight=0.5)),
         # multiple choice by the likelihood of each option's whole reply instead of the greedy reply's letter
         "likelihood choice": replace(base, choice="likelihood"),
+        # no video at all (no block fits a budget of 1): what the question and its options give away
+        "blind": replace(base, memory=replace(mem, token_budget=1, recent_blocks=0)),
         "uniform": replace(base, video=VideoConfig(num_frames=frames_for_budget),
                            memory=replace(mem, token_budget=EVERYTHING)),
         "full": replace(base, memory=replace(mem, token_budget=EVERYTHING)),
@@ -93,10 +97,19 @@ def video_folder(minutes: float, k: int) -> str:
 
 
 def held_out_video(folder: Path, minutes: float, seed: int, per_task: int) -> Path:
-    """``folder`` with its video, timeline and questions, generated unless a run already did."""
-    if not (Path(folder) / "questions.json").exists():
-        generate(Path(folder), minutes * 60, seed, per_task=per_task)
-    return Path(folder)
+    """``folder`` with its video, timeline and questions, generated unless a run already did; questions
+    an older generator wrote are rewritten from the timeline (the video stays: its script is the same)."""
+    folder = Path(folder)
+    if not (folder / "questions.json").exists():
+        generate(folder, minutes * 60, seed, per_task=per_task)
+        return folder
+    old = json.loads((folder / "questions.json").read_text())
+    timeline = Timeline.from_json((folder / "timeline.json").read_text())
+    video = old[0]["video"] if old else "video.mp4"
+    new = make_questions(timeline, seed, video=video, per_task=per_task)
+    if new != old:
+        (folder / "questions.json").write_text(json.dumps(new, indent=1) + "\n")
+    return folder
 
 
 def extra_variant(spec: str, budget: int) -> tuple[str, VidqaConfig]:

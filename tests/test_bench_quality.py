@@ -9,10 +9,11 @@ def test_variants_attend_what_they_claim(tmp_path):
     quality = load_bench("quality")
     budget = 400
     assert quality.main(["--model", "tiny-random/qwen2_5_vl", "--minutes", "1", "--token-budget", str(budget),
-                         "--per-task", "1", "--variants", "vidqa", "uniform", "full", "QuoTA budget",
+                         "--per-task", "1", "--variants", "vidqa", "uniform", "full", "QuoTA budget", "blind",
                          "--out", str(tmp_path)]) == 0
     rows = {r["variant"]: r for r in json.loads((tmp_path / "quality.json").read_text())}
-    assert set(rows) == {"vidqa", "uniform", "full", "QuoTA budget"}
+    assert set(rows) == {"vidqa", "uniform", "full", "QuoTA budget", "blind"}
+    assert rows["blind"]["visual_attended_median"] == 0 and rows["blind"]["frames"] == 60
     assert all(r["questions"] >= 5 and set(r["tasks"]) <= set(quality.HELD_OUT_TASKS) for r in rows.values())
     assert rows["vidqa"]["frames"] == rows["full"]["frames"] == 60  # every frame at 1 fps
     assert rows["full"]["visual_attended_median"] == rows["full"]["visual_stored"] > budget
@@ -86,6 +87,20 @@ def test_count_in_view_needs_every_appearance():
     assert got == {"count_questions": 2, "count_all_in_view": 50.0, "count_appearances_in_view": 83.3,
                    "count_acc_all_in_view": 100.0, "count_acc_some_missing": 0.0}
     assert evidence.count_in_view(rows[2:], {v: tl}, lambda video: np.arange(600.0)) == {}
+
+
+def test_questions_of_an_older_generator_are_rewritten_and_the_video_kept(tmp_path):
+    quality = load_bench("quality")
+    folder = quality.held_out_video(tmp_path / "v", 0.5, 10_000_001, 1)
+    fresh = (folder / "questions.json").read_text()
+    video = (folder / "video.mp4").stat()
+    stale = json.loads(fresh)
+    stale[0]["candidates"] = list(reversed(stale[0]["candidates"]))
+    (folder / "questions.json").write_text(json.dumps(stale))
+    assert quality.held_out_video(folder, 0.5, 10_000_001, 1) == folder
+    assert (folder / "questions.json").read_text() == fresh
+    after = (folder / "video.mp4").stat()
+    assert (after.st_mtime_ns, after.st_size) == (video.st_mtime_ns, video.st_size)
 
 
 def test_several_videos_per_length_pool_their_questions(tmp_path):

@@ -7,7 +7,8 @@ Each question has exactly the fields of the MLVU dev set's multiple-choice files
 
 * ``findNeedle``  -- the colour of a rare shape shown once, or the place where it was shown;
 * ``count``       -- how many times a (colour, shape) pair appeared (in long videos: a held-back
-  pair shown 1-6 times across the whole video);
+  pair shown 1-6 times across the whole video); the options are four consecutive counts
+  (:func:`count_options`);
 * ``order``       -- the order of 3-4 once-shown card words, or of the needles;
 * ``topic_reasoning`` -- the scene that fills most of the video (asked only when clear-cut);
 * ``anomaly_reco`` -- which unusual event happened;
@@ -118,6 +119,21 @@ def _find_needle(rng, tl, k):
                    _mc(rng, place, _present_scenes(tl), list(vocab.SCENES)), place)
 
 
+def count_options(rng, n: int) -> list[str]:
+    """Four consecutive counts that hold ``n``, the window's start drawn uniformly from those that
+    keep every option >= 1, shuffled.
+
+    Earlier the distractors were three of the six counts within 3 of the answer, so the answer sat
+    in the middle of the options: on six held-out hours the second-smallest option was right for 14
+    of 24 count questions, and a model could score 58% without seeing the video (the bundled model's
+    stage 14 did, answering 5 for a pair it was shown none of the 5 times). With a uniform window
+    the answer is equally likely at each rank once ``n`` >= 4; below that the window cannot go
+    under 1, which small counts cannot avoid."""
+    start = int(rng.integers(max(1, n - 3), n + 1))
+    values = [str(v) for v in range(start, start + 4)]
+    return [values[i] for i in rng.permutation(4)]
+
+
 def _count(rng, tl, k):
     combos: dict[tuple[str, str], int] = {}
     for o in tl.objects:
@@ -125,9 +141,8 @@ def _count(rng, tl, k):
             combos[(o.colour, o.shape)] = combos.get((o.colour, o.shape), 0) + 1
     for colour, shape in _pick(rng, sorted(c for c, n in combos.items() if n <= 9), k):
         n = combos[(colour, shape)]
-        near = [str(v) for v in range(max(1, n - 3), n + 4)]
         yield ("count", f"How many times did {_a(colour)} {colour} {shape} appear in the video?",
-               _mc(rng, str(n), near), str(n))
+               count_options(rng, n), str(n))
 
 
 def _order(rng, tl, k):
