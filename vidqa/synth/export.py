@@ -49,7 +49,7 @@ two chunks, not the whole clip; `vidqa/synth/streaming_prefill.py`), and the acc
 measured the same way. A stage trained with `--max-chunks` also saw, in half its batches, clips of up
 to that many chunks, as many as retrieval gives the model at an hour (~30 blocks); its held-out
 accuracy on such long clips is given beside the table. A stage trained with `--count-share 1.0
---count-evidence first` (stage 12) counted: every clip showed two (colour, shape) pairs 1-6 times,
+--count-evidence first` counted: every clip showed two (colour, shape) pairs 1-6 times,
 and a count question's look-up evidence was the first sight of each appearance rather than all of
 it, so that the attention it draws grows with the count and not with how long each appearance lasts
 (`first_sightings` in `vidqa/synth/lookup_loss.py`). The card's held-out clips mostly ask for counts
