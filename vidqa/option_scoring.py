@@ -4,7 +4,7 @@ Greedy decoding after MLVU's ``Best Option: (`` picks the letter first and write
 after it, and nothing ties the two together: the bundled model, asked to count over an hour, replied
 ``"B) 5"`` when option B was ``6`` and option C was ``5``. Its letter and its text disagreed on 18 of
 24 count questions at an hour; the letter alone was right for 10 and one of the two for 15
-(``bench/results/quality_synth_tiny_cpu.md``). Scoring each option's full reply ``"B) 6"`` (letter,
+(``bench/results/quality_synth_tiny_v2_questions.md``). Scoring each option's full reply ``"B) 6"`` (letter,
 bracket and text) by its log-likelihood under the model and taking the best is decoding constrained to
 the valid replies, each scored as a whole: the cloze and the letter readings of a multiple-choice
 question (Robinson et al., 2023, "Leveraging Large Language Models for Multiple Choice Question
