@@ -134,8 +134,9 @@ def test_option_spans_find_each_options_letter_and_text(synth_adapter):
 
 
 def test_option_and_readout_losses_are_learnt():
-    """On one batch, twenty steps of the option loss put the layer-4 answer position's attention on
-    the correct option, and twenty of the read-out loss make the layer-3 logit lens name the answer."""
+    """On one batch, thirty steps of the option loss put the layer-4 answer position's attention on
+    the correct option (from under 1% to over 60%), and the read-out loss makes the layer-3 logit
+    lens name the answer."""
     from vidqa.synth.model import build_model_and_processor
     from vidqa.vlm.qwen2_5_vl import Qwen2_5_VLAdapter
 
@@ -148,7 +149,7 @@ def test_option_and_readout_losses_are_learnt():
     video_length = len(video_template(a, batch, (8, 16))[1])
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     picks, reads = [], []
-    for _ in range(20):
+    for _ in range(30):
         with LookupCapture(lm, 3) as cap3, LookupCapture(lm, 4) as cap4:
             _, labels, tasks = batch_logits(a, batch, "cpu")
         pick, log = option_loss(cap4, a, question_rows(a, batch, 0)[0], labels, tasks, video_length)
