@@ -91,17 +91,19 @@ def variants(budget: int, frames_for_budget: int) -> dict[str, VidqaConfig]:
     }
 
 
-def video_folder(minutes: float, k: int) -> str:
-    """The folder name of the ``k``-th video of a length (the first keeps the name earlier runs used)."""
-    return f"video_{minutes:g}min" + (f"_{k}" if k else "")
+def video_folder(minutes: float, k: int, count_targets: int | None = None) -> str:
+    """The folder name of the ``k``-th video of a length (the first keeps the name earlier runs used);
+    videos with ``count_targets`` set get their own folders (``video_2min_c4``, ``video_2min_c4_1``...)."""
+    return f"video_{minutes:g}min" + (f"_c{count_targets}" if count_targets is not None else "") + (f"_{k}" if k else "")
 
 
-def held_out_video(folder: Path, minutes: float, seed: int, per_task: int) -> Path:
+def held_out_video(folder: Path, minutes: float, seed: int, per_task: int, count_targets: int | None = None) -> Path:
     """``folder`` with its video, timeline and questions, generated unless a run already did; questions
-    an older generator wrote are rewritten from the timeline (the video stays: its script is the same)."""
+    an older generator wrote are rewritten from the timeline (the video stays: its script is the same).
+    ``count_targets``: see :func:`vidqa.synth.cli.generate`."""
     folder = Path(folder)
     if not (folder / "questions.json").exists():
-        generate(folder, minutes * 60, seed, per_task=per_task)
+        generate(folder, minutes * 60, seed, per_task=per_task, count_targets=count_targets)
         return folder
     old = json.loads((folder / "questions.json").read_text())
     timeline = Timeline.from_json((folder / "timeline.json").read_text())
@@ -207,8 +209,8 @@ def table(results: list[dict]) -> str:
     lines = ["Accuracy in % per task; replies no option could be read from count as wrong.", "",
              "| video | variant | " + " | ".join(tasks) + " | M-Avg | unparsed | needle in view | "
              "findNeedle in view / out of view | count: all in view (appearances) | count in view / not | "
-             "visual tokens attended | ingest (s) | latency (s) | peak RSS (MiB) |",
-             "| --- " * (len(tasks) + 13) + "|"]
+             "count by true count 1-2 / 3-4 / 5+ | visual tokens attended | ingest (s) | latency (s) | peak RSS (MiB) |",
+             "| --- " * (len(tasks) + 14) + "|"]
     for r in results:
         acc = [f"{r['tasks'][t]:.0f}" if t in (r["tasks"] or {}) else "-" for t in tasks]
         m_avg = f"{r['m_avg']:.1f}" if r["m_avg"] is not None else "-"
@@ -217,9 +219,14 @@ def table(results: list[dict]) -> str:
         count = (f"{_pct(r.get('count_all_in_view'))} of {r['count_questions']} "
                  f"({_pct(r.get('count_appearances_in_view'))})" if r.get("count_questions") else "-")
         count_split = f"{_pct(r.get('count_acc_all_in_view'))} / {_pct(r.get('count_acc_some_missing'))}"
+        by_true = r.get("count_acc_by_true") or {}
+        by_true = " / ".join(f"{_pct(by_true[b]['acc'])} of {by_true[b]['n']}" if b in by_true else "-"
+                             for b in ("1-2", "3-4", "5+")) if by_true else "-"
         videos = f" x {r['videos']}" if r.get("videos", 1) > 1 else ""
+        if r.get("count_targets") is not None:
+            videos += f", {r['count_targets']} counted pairs"
         lines.append(f"| {r['minutes']:g} min{videos} | {r['variant']} | " + " | ".join(acc) +
-                     f" | {m_avg} | {r['unparsed']} | {view} | {split} | {count} | {count_split} | "
+                     f" | {m_avg} | {r['unparsed']} | {view} | {split} | {count} | {count_split} | {by_true} | "
                      f"{r['visual_attended_median']:,} | {r['ingest_s']} | {r['latency_median_s']} | {r['peak_rss_mib']} |")
     return "\n".join(lines)
 
@@ -240,6 +247,10 @@ def main(argv=None) -> int:
     ap.add_argument("--reuse-ingest", action="store_true",
                     help="variants with the same ingest settings share one ingest per video (saved under "
                          "OUT/memories); their ingest column is then load time")
+    ap.add_argument("--count-targets", type=int, default=None,
+                    help="pairs shown 1-6 times each in every video (default: 4 in videos of ~40 min or more, "
+                         "none in shorter ones, whose count answers are then mostly 1); with it short videos "
+                         "ask for the counts an hour asks for")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -249,7 +260,8 @@ def main(argv=None) -> int:
     for minutes in args.minutes:
         questions, timelines = [], {}
         for k in range(args.videos):  # the first video's folder keeps its name: earlier runs resume
-            folder = held_out_video(out / video_folder(minutes, k), minutes, args.seed + k, args.per_task)
+            folder = held_out_video(out / video_folder(minutes, k, args.count_targets), minutes, args.seed + k,
+                                    args.per_task, args.count_targets)
             video_questions = load_mlvu(folder / "questions.json", video_root=folder)
             timelines[video_questions[0].video] = Timeline.from_json((folder / "timeline.json").read_text())
             questions += video_questions
@@ -258,9 +270,10 @@ def main(argv=None) -> int:
         for name, config in {**variants(args.token_budget, frames_for_budget), **extra}.items():
             if (args.variants or extra) and name not in (args.variants or []) and name not in extra:
                 continue
-            r = run_variant(name, config, questions, args.model, adapter, out / f"{minutes:g}min" / name, timelines,
+            runs = f"{minutes:g}min" + (f"_c{args.count_targets}" if args.count_targets is not None else "")
+            r = run_variant(name, config, questions, args.model, adapter, out / runs / name, timelines,
                             memories=out / "memories" if args.reuse_ingest else None)
-            r["minutes"], r["videos"] = minutes, args.videos
+            r["minutes"], r["videos"], r["count_targets"] = minutes, args.videos, args.count_targets
             results.append(r)
             print(json.dumps(r), flush=True)
             (out / "quality.json").write_text(json.dumps(results, indent=1) + "\n")

@@ -95,9 +95,14 @@ def _in_view(shown: np.ndarray, interval: tuple[float, float]) -> bool:
 
 
 def count_in_view(rows: list[dict], timelines: dict, frame_times_of) -> dict:
-    """Evidence recall over the count rows of ``rows`` (arguments as :func:`needle_in_view`)."""
+    """Evidence recall over the count rows of ``rows`` (arguments as :func:`needle_in_view`), and
+    accuracy by the true count (``count_acc_by_true``: ``{"1-2" | "3-4" | "5+": {"acc": %, "n": n}}``):
+    a minute's counts are mostly 1 and an hour's 1-9, so only this compares counting across lengths."""
     complete, share, hits_all, hits_missing = [], [], [], []
+    by_true: dict[str, list[bool]] = {}
     for row, intervals, shown in _evidence_rows(rows, "count", timelines, frame_times_of):
+        bucket = "1-2" if len(intervals) <= 2 else "3-4" if len(intervals) <= 4 else "5+"
+        by_true.setdefault(bucket, []).append(bool(row.get("correct")))
         seen = [_in_view(shown, iv) for iv in intervals]
         complete.append(all(seen))
         share.append(sum(seen) / len(seen))
@@ -106,4 +111,5 @@ def count_in_view(rows: list[dict], timelines: dict, frame_times_of) -> dict:
         return {}
     return {"count_questions": len(complete), "count_all_in_view": _pct(complete),
             "count_appearances_in_view": round(100 * sum(share) / len(share), 1),
-            "count_acc_all_in_view": _pct(hits_all), "count_acc_some_missing": _pct(hits_missing)}
+            "count_acc_all_in_view": _pct(hits_all), "count_acc_some_missing": _pct(hits_missing),
+            "count_acc_by_true": {b: {"acc": _pct(by_true[b]), "n": len(by_true[b])} for b in sorted(by_true)}}

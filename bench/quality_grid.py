@@ -32,10 +32,10 @@ from vidqa.synth.train_data import HELD_OUT_SEED_BASE  # noqa: E402
 
 def _generate(job) -> None:
     """One video, in its own process (rendering is bound by the GIL), as ``bench/quality.py`` makes it."""
-    folder, minutes, seed, per_task = job
-    subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from quality import held_out_video; "
-                    "held_out_video(sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))",
-                    str(HERE), folder, str(minutes), str(seed), str(per_task)], check=True)
+    folder, minutes, seed, per_task, count_targets = job
+    subprocess.run([sys.executable, "-c", "import sys, json; sys.path.insert(0, sys.argv[1]); from quality import held_out_video; "
+                    "held_out_video(sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), json.loads(sys.argv[6]))",
+                    str(HERE), folder, str(minutes), str(seed), str(per_task), json.dumps(count_targets)], check=True)
 
 
 def _run(item, env: dict) -> str | None:
@@ -63,13 +63,14 @@ def main(argv=None) -> int:
     ap.add_argument("--token-budget", type=int, default=8192)
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--threads", type=int, default=2, help="torch threads per run")
+    ap.add_argument("--count-targets", type=int, default=None, help="as bench/quality.py's")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     if not args.variants and not args.extra:
         ap.error("give --variants or --extra")
     out = Path(args.out)
     shared = out / "videos"
-    jobs = [(str(shared / video_folder(m, k)), m, args.seed + k, args.per_task)
+    jobs = [(str(shared / video_folder(m, k, args.count_targets)), m, args.seed + k, args.per_task, args.count_targets)
             for m in args.minutes for k in range(args.videos)]
     with ThreadPoolExecutor(max(1, min(args.jobs, len(jobs)))) as pool:
         list(pool.map(_generate, jobs))
@@ -89,7 +90,8 @@ def main(argv=None) -> int:
                    *(["--extra", variant] if extra else ["--variants", variant]),
                    "--minutes", *[f"{m:g}" for m in args.minutes], "--videos", str(args.videos),
                    "--per-task", str(args.per_task), "--seed", str(args.seed),
-                   "--token-budget", str(args.token_budget), "--out", str(run)]
+                   "--token-budget", str(args.token_budget), "--out", str(run),
+                   *(["--count-targets", str(args.count_targets)] if args.count_targets is not None else [])]
             runs.append((model, name, run, cmd))
 
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}

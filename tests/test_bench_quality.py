@@ -85,7 +85,8 @@ def test_count_in_view_needs_every_appearance():
             {"video": v, "task": "findNeedle", "question": ask, "spans": [], "correct": False}]
     got = evidence.count_in_view(rows, {v: tl}, lambda video: np.arange(600.0))
     assert got == {"count_questions": 2, "count_all_in_view": 50.0, "count_appearances_in_view": 83.3,
-                   "count_acc_all_in_view": 100.0, "count_acc_some_missing": 0.0}
+                   "count_acc_all_in_view": 100.0, "count_acc_some_missing": 0.0,
+                   "count_acc_by_true": {"3-4": {"acc": 50.0, "n": 2}}}
     assert evidence.count_in_view(rows[2:], {v: tl}, lambda video: np.arange(600.0)) == {}
 
 

@@ -124,6 +124,26 @@ def test_cli_writes_video_timeline_and_questions(tmp_path, capsys):
         assert (out / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
+def test_cli_count_targets_make_a_short_video_count_like_an_hour(tmp_path, capsys):
+    """--count-targets 4: 2-minute videos hold pairs shown up to 6 times, whose counts their count
+    questions ask for; without it most of a short video's counts are 1 (17 of 23 on these seeds)."""
+    args = ["--duration", "120", "--width", "112", "--height", "64", "--per-task", "6"]
+    counts = {}
+    for flag in ([], ["--count-targets", "4"]):
+        answers = []
+        for seed in range(4):
+            out = tmp_path / f"{len(flag)}_{seed}"
+            assert synth_main(args + ["--seed", str(seed), "--out", str(out)] + flag) == 0
+            tl = Timeline.from_json((out / "timeline.json").read_text())
+            qs = [q for q in json.loads((out / "questions.json").read_text()) if q["question_type"] == "count"]
+            assert all(check_question(tl, q) for q in qs)
+            answers += [int(q["answer"]) for q in qs]
+        counts[bool(flag)] = answers
+    capsys.readouterr()
+    share_above_two = {k: sum(n > 2 for n in v) / len(v) for k, v in counts.items()}
+    assert share_above_two[True] >= 0.3 > 0.1 >= share_above_two[False] and max(counts[True]) >= 5
+
+
 def test_cli_reports_bad_arguments_as_config_errors(tmp_path):
     with pytest.raises(ConfigError):
         synth_main(["--duration", "3", "--out", str(tmp_path)])
@@ -131,6 +151,8 @@ def test_cli_reports_bad_arguments_as_config_errors(tmp_path):
         synth_main(["--duration", "30", "--per-task", "0", "--out", str(tmp_path)])
     with pytest.raises(ConfigError):
         synth_main(["--duration", "30", "--name", "../escape.mp4", "--out", str(tmp_path)])
+    with pytest.raises(ConfigError):
+        synth_main(["--duration", "30", "--count-targets", "-1", "--out", str(tmp_path)])
     from vidqa.app.cli import main
 
     assert main(["synth", "--duration", "3", "--out", str(tmp_path)]) == ConfigError.exit_code
