@@ -1,5 +1,6 @@
 # Source on the lent GPU machine (no network there): installs the wheels carried in .whl/ (PyAV, ...)
-# and vidqa itself (no dependencies: the machine's torch/transformers are used) into /tmp/site.
+# and vidqa itself (no dependencies: the machine's torch/transformers are used) into /tmp/site;
+# VIDQA_ASSETS points the installed copy at this checkout's assets/ (the bundled model).
 # PYTHONSAFEPATH keeps the checkout's vidqa/ folder (not a whole package: vlm/ etc. sit beside it)
 # from shadowing the installed package.
 #   source bench/device_env.sh
@@ -22,5 +23,5 @@ _vidqa_install_wheels() {
 }
 _vidqa_install_wheels \
   && python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir --target /tmp/site . \
-  && export PYTHONPATH=/tmp/site PYTHONSAFEPATH=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 \
+  && export PYTHONPATH=/tmp/site PYTHONSAFEPATH=1 HF_HUB_OFFLINE=1 VIDQA_ASSETS="$PWD/assets" TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 \
   && python3 -c "import torch, transformers, av; print('torch', torch.__version__, 'transformers', transformers.__version__, 'av', av.__version__, torch.cuda.get_device_name())"

@@ -227,7 +227,7 @@ def table(results: list[dict]) -> str:
             videos += f", {r['count_targets']} counted pairs"
         lines.append(f"| {r['minutes']:g} min{videos} | {r['variant']} | " + " | ".join(acc) +
                      f" | {m_avg} | {r['unparsed']} | {view} | {split} | {count} | {count_split} | {by_true} | "
-                     f"{r['visual_attended_median']:,} | {r['ingest_s']} | {r['latency_median_s']} | {r['peak_rss_mib']} |")
+                     f"{round(r['visual_attended_median']):,} | {r['ingest_s']} | {r['latency_median_s']} | {r['peak_rss_mib']} |")
     return "\n".join(lines)
 
 
