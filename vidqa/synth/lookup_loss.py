@@ -79,11 +79,51 @@ def first_sightings(hit: torch.Tensor, cells: int) -> torch.Tensor:
     1-2 appearances in a clip 93% of the time and 3-6 about half. One grid per appearance makes
     that mass proportional to the count, the quantity the answer is, in the spirit of counting by
     attending to one instance each (Trott et al., 2018, "Interpretable Counting for Visual Question
-    Answering")."""
+    Answering"). (Under the look-up loss it does not: that loss pushes the total mass towards 1 for
+    any count, so the head's output, an average of alike values, no longer holds the count; stage 16
+    trained 567 steps so and counted 3 or more at chance. :func:`width_loss` asks for a mass that
+    grows with the count instead.)"""
     grids = hit.reshape(-1, cells)
     present = grids.any(dim=1)
     before = torch.cat([present.new_zeros(1), present[:-1]])
     return (grids & (present & ~before)[:, None]).reshape(-1)
+
+
+COUNT_CAP = 9  # the largest count a synthetic question asks for (vidqa.synth.questions._count)
+WIDTH_MASS = 1.0 / (COUNT_CAP + 1)  # the counting head's mass per appearance
+
+
+def appearance_ids(first: torch.Tensor, cells: int) -> torch.Tensor:
+    """int64 ``[N]`` from :func:`first_sightings`' mask ``[N]``: 0 off it, ``j`` (1, 2, ...) on the
+    tokens of the ``j``-th appearance's first grid, in time order."""
+    grids = first.reshape(-1, cells)
+    starts = grids.any(dim=1).long()
+    return (grids.long() * (torch.cumsum(starts, 0) * starts)[:, None]).reshape(-1)
+
+
+def width_loss(attention: torch.Tensor, appearance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(KL loss ``[S]``, the head's mass on the appearances ``[S]``) of one head's answer-position
+    attention ``[S, L]`` against a count target: :data:`WIDTH_MASS` on each appearance's first grid
+    (``appearance`` int64 ``[S, L]``, :func:`appearance_ids` laid over the keys, 0 elsewhere) and the
+    rest, ``1 - k * WIDTH_MASS``, anywhere else (attention sinks, text, other tokens).
+
+    Softmax attention averages its values, so a head that puts all its mass on k alike tokens gives
+    the same output for every k. Counting needs the mass on the counted tokens to grow with k, with
+    the remainder on a default: the selector width of RASP (Weiss et al., 2021, "Thinking Like
+    Transformers", where a head attends to every selected token and to the first token, and reads
+    the count from the first token's share). Here the target says so directly; the later layers and
+    the answer loss learn to read the count from the head's output."""
+    slots = COUNT_CAP + 1
+    mass = torch.zeros(attention.shape[0], slots, dtype=attention.dtype, device=attention.device)
+    mass = mass.scatter_add(1, appearance.clamp(max=COUNT_CAP), attention)  # [S, slots]; slot 0: the rest
+    k = (torch.nn.functional.one_hot(appearance.clamp(max=COUNT_CAP), slots).amax(dim=1)[:, 1:]).sum(1)  # [S]
+    target = torch.zeros_like(mass)
+    target[:, 1:] = (torch.arange(1, slots, device=mass.device)[None] <= k[:, None]).to(mass.dtype) * WIDTH_MASS
+    target[:, 0] = 1 - k.to(mass.dtype) * WIDTH_MASS
+    on = target > 0
+    kl = torch.where(on, target * (torch.log(target.clamp(min=1e-12)) - torch.log(mass.clamp(min=1e-6))),
+                     torch.zeros_like(mass)).sum(1)
+    return kl, mass[:, 1:].sum(1)
 
 
 class LookupCapture:
@@ -140,7 +180,8 @@ def answer_positions(labels: torch.Tensor) -> torch.Tensor:
 
 
 def lookup_loss(capture: LookupCapture, batch: dict, labels: torch.Tensor, tasks: list,
-                visual_mask: torch.Tensor, count_first: bool = False) -> tuple[torch.Tensor | None, dict]:
+                visual_mask: torch.Tensor, count_first: bool = False,
+                count_width: bool = False) -> tuple[torch.Tensor | None, dict]:
     """The loss above over the rows of ``batch`` that name something the clip shows (None when no
     row does), and its log: ``evidence_attention``, the mean share of attention on the evidence,
     and ``evidence_share``, the share of visual tokens that are evidence.
@@ -148,31 +189,65 @@ def lookup_loss(capture: LookupCapture, batch: dict, labels: torch.Tensor, tasks
     ``labels`` ``[R, Lq]`` and ``tasks`` come from ``batch_logits``; ``visual_mask`` bool ``[Lv]``
     marks the visual slots of the video layout (``video_template``); ``batch["token_labels"]`` holds
     ``[B, T/2, 4, 8, 3]`` labels in the visual tokens' order. ``count_first``: a count question's
-    evidence is the first sight of each appearance (:func:`first_sightings`), not all of it."""
+    evidence is the first sight of each appearance (:func:`first_sightings`), not all of it.
+    ``count_width``: a count row's loss is instead :func:`width_loss` on the layer's first head (the
+    counting head; the other heads are left free), over its first sightings; the log then also
+    has ``count_width_error``, the mean ``|mass - k * WIDTH_MASS|`` of those rows."""
     token_labels = batch["token_labels"]
     cells = token_labels.shape[2] * token_labels.shape[3]
     token_labels = token_labels.reshape(token_labels.shape[0], -1, token_labels.shape[-1]).to(labels.device)
     clip_of_row = torch.repeat_interleave(torch.arange(len(batch["qa"])),
                                           torch.tensor([len(q) for q in batch["qa"]])).tolist()
-    rows, masks = [], []
+    rows, masks, width_rows = [], [], []
     for r, qa in enumerate(tasks):
         if qa.kind not in LOOKUP_KINDS:
             continue
         mask = evidence_mask(qa.question, token_labels[clip_of_row[r]])
-        if count_first and qa.task == "count":
+        if (count_first or count_width) and qa.task == "count":
             mask = first_sightings(mask, cells)
+            if count_width:
+                if bool(mask.any()):
+                    width_rows.append((r, appearance_ids(mask, cells)))
+                continue
         if bool(mask.any()):
             rows.append(r)
             masks.append(mask)
-    if not rows:
+    if not rows and not width_rows:
         return None, {}
-    rows_t = torch.tensor(rows, device=labels.device)
     lv = len(visual_mask)
-    evidence = torch.zeros(len(rows), lv + labels.shape[1], dtype=torch.bool, device=labels.device)
-    evidence[:, torch.nonzero(visual_mask.to(labels.device)).squeeze(1)] = torch.stack(masks)
-    loss, on_evidence = attention_loss(capture, rows_t, answer_positions(labels)[rows_t], evidence, lv)
-    share = evidence.sum(-1) / visual_mask.sum()
-    return loss, {"evidence_attention": on_evidence.detach().mean(), "evidence_share": share.float().mean()}
+    visual_slots = torch.nonzero(visual_mask.to(labels.device)).squeeze(1)
+    parts, log = [], {}
+    if rows:
+        rows_t = torch.tensor(rows, device=labels.device)
+        evidence = torch.zeros(len(rows), lv + labels.shape[1], dtype=torch.bool, device=labels.device)
+        evidence[:, visual_slots] = torch.stack(masks)
+        loss, on_evidence = attention_loss(capture, rows_t, answer_positions(labels)[rows_t], evidence, lv)
+        parts.append(loss * len(rows))
+        share = evidence.sum(-1) / visual_mask.sum()
+        log = {"evidence_attention": on_evidence.detach().mean(), "evidence_share": share.float().mean()}
+    if width_rows:
+        rows_t = torch.tensor([r for r, _ in width_rows], device=labels.device)
+        appearance = torch.zeros(len(width_rows), lv + labels.shape[1], dtype=torch.long, device=labels.device)
+        appearance[:, visual_slots] = torch.stack([ids for _, ids in width_rows])
+        attention = answer_attention(capture, rows_t, answer_positions(labels)[rows_t], lv)[:, 0]  # [S, L]
+        kl, mass = width_loss(attention, appearance)
+        parts.append(kl.sum())
+        k = appearance.amax(dim=1).clamp(max=COUNT_CAP).to(mass.dtype)
+        log["count_width_error"] = (mass - k * WIDTH_MASS).abs().detach().mean()
+    return sum(parts) / (len(rows) + len(width_rows)), log
+
+
+def answer_attention(capture: LookupCapture, rows: torch.Tensor, positions: torch.Tensor,
+                     video_length: int) -> torch.Tensor:
+    """The layer's attention ``[S, H, L_video + L_question]`` (float) of question rows ``rows [S]``
+    at ``positions [S]`` over every key the position sees, recomputed from the captured queries
+    and keys so that losses on it reach the layer's weights."""
+    q = capture.queries(rows, positions)  # [S, H, Dh]
+    keys = capture.keys()[rows].float()  # [S, Hkv, L, Dh]
+    keys = keys.repeat_interleave(q.shape[1] // keys.shape[1], dim=1)  # GQA: [S, H, L, Dh]
+    seen = torch.arange(keys.shape[2], device=keys.device)[None] <= video_length + positions[:, None]  # [S, L]
+    scores = torch.einsum("shd,shld->shl", q, keys) * capture.attn.scaling
+    return torch.softmax(scores.masked_fill(~seen[:, None], float("-inf")), dim=-1)
 
 
 def attention_loss(capture: LookupCapture, rows: torch.Tensor, positions: torch.Tensor, evidence: torch.Tensor,
@@ -183,12 +258,7 @@ def attention_loss(capture: LookupCapture, rows: torch.Tensor, positions: torch.
 
     The softmax runs over every key the position sees -- the video's text and visual tokens and the
     question so far -- so that the evidence must win against attention sinks too."""
-    q = capture.queries(rows, positions)  # [S, H, Dh]
-    keys = capture.keys()[rows].float()  # [S, Hkv, L, Dh]
-    keys = keys.repeat_interleave(q.shape[1] // keys.shape[1], dim=1)  # GQA: [S, H, L, Dh]
-    seen = torch.arange(keys.shape[2], device=keys.device)[None] <= video_length + positions[:, None]  # [S, L]
-    scores = torch.einsum("shd,shld->shl", q, keys) * capture.attn.scaling
-    attention = torch.softmax(scores.masked_fill(~seen[:, None], float("-inf")), dim=-1)
+    attention = answer_attention(capture, rows, positions, video_length)  # [S, H, L]
     on_evidence = (attention * evidence[:, None]).sum(-1)  # [S, H]
     return -torch.log(on_evidence.mean(dim=1).clamp(min=1e-6)).mean(), on_evidence
 

@@ -465,9 +465,10 @@ def main(argv=None) -> int:
                          "as many as retrieval gives the model at an hour; also evaluated on such clips")
     ap.add_argument("--count-share", type=float, default=COUNT_SHARE,
                     help="share of training batches whose clips hold pairs shown 1-6 times (counting)")
-    ap.add_argument("--count-evidence", choices=["all", "first"], default="all",
-                    help="a count question's look-up evidence: every token of the pair, or the first sight "
-                         "of each appearance (vidqa.synth.lookup_loss.first_sightings)")
+    ap.add_argument("--count-evidence", choices=["all", "first", "width"], default="all",
+                    help="a count question's look-up evidence: every token of the pair, the first sight "
+                         "of each appearance (vidqa.synth.lookup_loss.first_sightings), or those with a "
+                         "mass that grows with the count on one head (vidqa.synth.lookup_loss.width_loss)")
     ap.add_argument("--count-eval-batches", type=int, default=0,
                     help="also measure counting by true count on this many batches of held-out clips "
                          "(vidqa.synth.count_eval)")
@@ -516,7 +517,7 @@ def main(argv=None) -> int:
     skipped, last_ckpt, t_steps = 0, time.time(), None
     # attention on the evidence and on the correct option, per step since the last log line
     lookup_logs: dict[str, list] = {k: [] for k in ("evidence_attention_near", "evidence_attention_far",
-                                                    "evidence_share", "option_attention")}
+                                                    "evidence_share", "option_attention", "count_width_error")}
     pick_rng, waited, t_wait = random.Random(args.seed), 0.0, time.time()
 
     def batches():
@@ -548,12 +549,15 @@ def main(argv=None) -> int:
             probe_log = {}
             if args.lookup_loss > 0:
                 look, look_log = lookup_loss(capture, batch, labels, tasks, parts.is_visual,
-                                             count_first=args.count_evidence == "first")
+                                             count_first=args.count_evidence == "first",
+                                             count_width=args.count_evidence == "width")
                 if look is not None:
                     loss = loss + args.lookup_loss * look
                     far = batch["gap"] or batch["question_gap"] or any(batch["chunk_gaps"])
-                    lookup_logs["evidence_attention_" + ("far" if far else "near")].append(look_log["evidence_attention"])
-                    lookup_logs["evidence_share"].append(look_log["evidence_share"])
+                    for key, name in (("evidence_attention", "evidence_attention_" + ("far" if far else "near")),
+                                      ("evidence_share", "evidence_share"), ("count_width_error", "count_width_error")):
+                        if key in look_log:
+                            lookup_logs[name].append(look_log[key])
             if args.option_loss > 0:
                 pick, pick_log = option_loss(option_capture, adapter, parts.question_ids, labels, tasks,
                                              len(parts.is_visual))
