@@ -22,4 +22,9 @@ for package, folder in FOLDER_OF_PACKAGE.items():
     packages.append(package)
     packages += [f"{package}.{sub}" for sub in find_packages(folder)]
 
-setup(packages=packages, package_dir=FOLDER_OF_PACKAGE)
+# assets/ (the bundled model and the demo) installs as vidqa/assets, where vidqa.vlm.loading.assets_dir
+# looks, so that `--model synth-tiny` and the demo work from a wheel as from a checkout.
+ASSETS = {"vidqa.assets": ["*.mp4", "*.json", "*.md"], "vidqa.assets.models": ["*/*"]}
+
+setup(packages=packages + list(ASSETS), package_dir={**FOLDER_OF_PACKAGE, "vidqa.assets": "assets"},
+      package_data=ASSETS)

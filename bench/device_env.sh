@@ -1,6 +1,6 @@
 # Source on the lent GPU machine (no network there): installs the wheels carried in .whl/ (PyAV, ...)
 # and vidqa itself (no dependencies: the machine's torch/transformers are used) into /tmp/site;
-# VIDQA_ASSETS points the installed copy at this checkout's assets/ (the bundled model).
+# VIDQA_ASSETS points the installed copy at this checkout's assets/ (its bundled model), not its own.
 # PYTHONSAFEPATH keeps the checkout's vidqa/ folder (not a whole package: vlm/ etc. sit beside it)
 # from shadowing the installed package.
 #   source bench/device_env.sh
