@@ -39,11 +39,22 @@ def _generate(job) -> None:
 
 
 def _run(item, env: dict) -> str | None:
-    """One ``bench/quality.py`` run, its output in ``<run>/log.txt``; a line saying so if it failed."""
+    """One ``bench/quality.py`` run, its output in ``<run>/log.txt`` (an earlier attempt's log kept as
+    ``log.1.txt``); None, or what failed with the last lines of its log, so that a caller who sees
+    only the grid's own output (a remote machine's tail) learns why."""
     model, name, run, cmd = item
-    with open(run / "log.txt", "w") as log:
+    log_path = run / "log.txt"
+    if log_path.exists():
+        log_path.replace(run / "log.1.txt")
+    with open(log_path, "w") as log:
         code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
-    return f"{model} / {name}: exit {code}, see {run / 'log.txt'}" if code else None
+    if not code:
+        return None
+    tail = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()][-FAILURE_LINES:]
+    return f"{model} / {name}: exit {code}, see {log_path}\n" + "\n".join("    " + line for line in tail)
+
+
+FAILURE_LINES = 4
 
 
 def slug(text: str) -> str:
@@ -64,6 +75,9 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--threads", type=int, default=2, help="torch threads per run")
     ap.add_argument("--count-targets", type=int, default=None, help="as bench/quality.py's")
+    ap.add_argument("--retries", type=int, default=1,
+                    help="failed cells run again, one at a time, this many times (their answers resume "
+                         "from the journal)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     if not args.variants and not args.extra:
@@ -96,7 +110,14 @@ def main(argv=None) -> int:
 
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        failed = [line for line in pool.map(functools.partial(_run, env=env), runs) if line]
+        outcome = dict(zip(range(len(runs)), pool.map(functools.partial(_run, env=env), runs)))
+    # A cell that failed in the crowd is tried again alone: on a fresh GPU machine three of eleven
+    # parallel cells once failed while the same cells passed after one run had gone first.
+    for _ in range(max(0, args.retries)):
+        for i in [i for i, line in outcome.items() if line]:
+            print("retrying:", outcome[i].splitlines()[0], file=sys.stderr, flush=True)
+            outcome[i] = _run(runs[i], env)
+    failed = [line for line in outcome.values() if line]
 
     results = []
     for model, variant, run, _ in runs:

@@ -141,6 +141,25 @@ def test_grid_runs_every_model_and_variant_on_the_same_generated_videos(tmp_path
     assert "| 0.5 min x 2 | tiny-random/qwen2_5_vl: blended retrieval |" in (tmp_path / "grid.md").read_text()
 
 
+def test_grid_retries_a_failed_cell_alone_and_says_why_it_failed(tmp_path, capsys):
+    """A cell that fails is run again once, alone (its first log kept as log.1.txt); a cell that
+    still fails makes the grid exit 1 with the last lines of its log on stderr, and the others'
+    rows are kept."""
+    grid = load_bench("quality_grid")
+    missing = str(tmp_path / "no-such-model")
+    assert grid.main(["--models", "tiny-random/qwen2_5_vl", missing, "--variants", "vidqa", "--minutes", "0.5",
+                      "--per-task", "1", "--token-budget", "64", "--jobs", "2", "--threads", "1",
+                      "--out", str(tmp_path / "g")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("retrying:") == 1 and "failed:" in err
+    failed = err[err.index("failed:"):]
+    assert missing in failed.splitlines()[0] and len(failed.splitlines()) >= 2  # the log's tail follows
+    run = tmp_path / "g" / grid.slug(missing) / "vidqa"
+    assert (run / "log.1.txt").exists() and (run / "log.txt").exists()
+    rows = json.loads((tmp_path / "g" / "grid.json").read_text())
+    assert [r["variant"] for r in rows] == ["tiny-random/qwen2_5_vl: vidqa"]
+
+
 def test_extra_variants_change_memory_fields_and_reject_unknown_ones():
     import pytest
 
