@@ -216,8 +216,8 @@ def test_width_loss_targets_a_mass_that_grows_with_the_count():
     exact[0, :2] = WIDTH_MASS / 2  # the first appearance's two tokens share its mass
     exact[0, 5] = exact[0, 8] = WIDTH_MASS
     exact[0, 10:] = (1 - 3 * WIDTH_MASS) / 4
-    kl, mass = width_loss(exact, appearance)
-    assert abs(float(kl[0])) < 1e-6 and abs(float(mass[0]) - 3 * WIDTH_MASS) < 1e-6
+    kl, error = width_loss(exact, appearance)
+    assert abs(float(kl[0])) < 1e-6 and float(error[0]) < 1e-6
     all_on = torch.zeros(1, 14)
     all_on[0, [0, 5, 8]] = 1 / 3  # a look-up head: all its mass on the appearances, whatever their count
     half = exact.clone()
@@ -225,6 +225,7 @@ def test_width_loss_targets_a_mass_that_grows_with_the_count():
     half[0, 10:] += WIDTH_MASS / 4  # one appearance missed
     losses = [float(width_loss(a, appearance)[0][0]) for a in (exact, half, all_on)]
     assert losses[0] < losses[1] < losses[2]
+    assert abs(float(width_loss(all_on, appearance)[1][0]) - (1 - 3 * WIDTH_MASS)) < 1e-6
 
 
 def test_count_width_rows_get_the_width_loss_and_it_is_learnt():

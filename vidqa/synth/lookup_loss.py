@@ -102,7 +102,7 @@ def appearance_ids(first: torch.Tensor, cells: int) -> torch.Tensor:
 
 
 def width_loss(attention: torch.Tensor, appearance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(KL loss ``[S]``, the head's mass on the appearances ``[S]``) of one head's answer-position
+    """(KL loss ``[S]``, ``|mass on the appearances - k * WIDTH_MASS|`` ``[S]``) of one head's answer-position
     attention ``[S, L]`` against a count target: :data:`WIDTH_MASS` on each appearance's first grid
     (``appearance`` int64 ``[S, L]``, :func:`appearance_ids` laid over the keys, 0 elsewhere) and the
     rest, ``1 - k * WIDTH_MASS``, anywhere else (attention sinks, text, other tokens).
@@ -114,16 +114,16 @@ def width_loss(attention: torch.Tensor, appearance: torch.Tensor) -> tuple[torch
     the count from the first token's share). Here the target says so directly; the later layers and
     the answer loss learn to read the count from the head's output."""
     slots = COUNT_CAP + 1
+    appearance = appearance.clamp(max=COUNT_CAP)
     mass = torch.zeros(attention.shape[0], slots, dtype=attention.dtype, device=attention.device)
-    mass = mass.scatter_add(1, appearance.clamp(max=COUNT_CAP), attention)  # [S, slots]; slot 0: the rest
-    k = (torch.nn.functional.one_hot(appearance.clamp(max=COUNT_CAP), slots).amax(dim=1)[:, 1:]).sum(1)  # [S]
-    target = torch.zeros_like(mass)
-    target[:, 1:] = (torch.arange(1, slots, device=mass.device)[None] <= k[:, None]).to(mass.dtype) * WIDTH_MASS
-    target[:, 0] = 1 - k.to(mass.dtype) * WIDTH_MASS
-    on = target > 0
-    kl = torch.where(on, target * (torch.log(target.clamp(min=1e-12)) - torch.log(mass.clamp(min=1e-6))),
+    mass = mass.scatter_add(1, appearance, attention)  # [S, slots]; slot 0: the rest
+    k = appearance.amax(dim=1).to(mass.dtype)  # [S]: ids run 1..k
+    target = (torch.arange(slots, device=mass.device)[None] <= k[:, None]).to(mass.dtype) * WIDTH_MASS
+    target[:, 0] = 1 - k * WIDTH_MASS
+    # log(mass + eps), not a clamp: a head that has left an appearance entirely still gets a gradient back
+    kl = torch.where(target > 0, target * (torch.log(target.clamp(min=1e-12)) - torch.log(mass + 1e-9)),
                      torch.zeros_like(mass)).sum(1)
-    return kl, mass[:, 1:].sum(1)
+    return kl, (mass[:, 1:].sum(1) - k * WIDTH_MASS).abs()
 
 
 class LookupCapture:
@@ -230,10 +230,9 @@ def lookup_loss(capture: LookupCapture, batch: dict, labels: torch.Tensor, tasks
         appearance = torch.zeros(len(width_rows), lv + labels.shape[1], dtype=torch.long, device=labels.device)
         appearance[:, visual_slots] = torch.stack([ids for _, ids in width_rows])
         attention = answer_attention(capture, rows_t, answer_positions(labels)[rows_t], lv)[:, 0]  # [S, L]
-        kl, mass = width_loss(attention, appearance)
+        kl, error = width_loss(attention, appearance)
         parts.append(kl.sum())
-        k = appearance.amax(dim=1).clamp(max=COUNT_CAP).to(mass.dtype)
-        log["count_width_error"] = (mass - k * WIDTH_MASS).abs().detach().mean()
+        log["count_width_error"] = error.detach().mean()
     return sum(parts) / (len(rows) + len(width_rows)), log
 
 
