@@ -42,6 +42,11 @@ def _batch(seed=5, chunks=2, clips=2):
     items = [make_clip(200 + i, chunks, layout["offset"]) for i in range(clips)]
     qa = [[q for q in questions if q.kind == "mc" and named_entities(q.question) != ([], 0, [])][:3]
           for _, _, questions, _ in items]
+    return _clip_batch(items, qa, layout)
+
+
+def _clip_batch(items, qa, layout) -> dict:
+    """``make_clip`` results as one batch with questions ``qa`` (a list per clip), as ``ClipBatches`` yields."""
     return {"frames": torch.from_numpy(np.stack([f for f, _, _, _ in items])), "times": items[0][1], "qa": qa,
             "token_labels": torch.from_numpy(np.stack([lab for _, _, _, lab in items])), **layout}
 
@@ -189,8 +194,7 @@ def test_count_first_changes_only_count_evidence(synth_adapter):
     lm = synth_adapter.model.model.language_model
 
     def losses(qa):
-        batch = {"frames": torch.from_numpy(np.stack([f for f, _, _, _ in items])), "times": items[0][1], "qa": qa,
-                 "token_labels": torch.from_numpy(np.stack([lab for _, _, _, lab in items])), **layout}
+        batch = _clip_batch(items, qa, layout)
         with torch.no_grad(), LookupCapture(lm, 3) as cap:
             _, labels, tasks = batch_logits(synth_adapter, batch, "cpu")
         _, is_visual, _, _, _ = video_template(synth_adapter, batch, (8, 16))
@@ -249,8 +253,7 @@ def test_count_width_rows_get_the_width_loss_and_it_is_learnt():
     qa = [[q for q in questions if q.kind == "mc" and q.task in ("count", "findNeedle")][:4]
           for _, _, questions, _ in items]
     assert {q.task for q in qa[0]} == {"count", "findNeedle"}
-    batch = {"frames": torch.from_numpy(np.stack([f for f, _, _, _ in items])), "times": items[0][1], "qa": qa,
-             "token_labels": torch.from_numpy(np.stack([lab for _, _, _, lab in items])), **layout}
+    batch = _clip_batch(items, qa, layout)
     _, is_visual, _, _, _ = video_template(a, batch, (8, 16))
     lm = model.model.language_model
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4)
