@@ -91,10 +91,15 @@ def variants(budget: int, frames_for_budget: int) -> dict[str, VidqaConfig]:
     }
 
 
+def length_name(minutes: float, count_targets: int | None = None) -> str:
+    """``2min``, or ``2min_c4`` for videos with ``count_targets`` set, which get folders of their own."""
+    return f"{minutes:g}min" + (f"_c{count_targets}" if count_targets is not None else "")
+
+
 def video_folder(minutes: float, k: int, count_targets: int | None = None) -> str:
-    """The folder name of the ``k``-th video of a length (the first keeps the name earlier runs used);
-    videos with ``count_targets`` set get their own folders (``video_2min_c4``, ``video_2min_c4_1``...)."""
-    return f"video_{minutes:g}min" + (f"_c{count_targets}" if count_targets is not None else "") + (f"_{k}" if k else "")
+    """The folder name of the ``k``-th video of a length (the first keeps the name earlier runs used):
+    ``video_2min``, ``video_2min_1``, ``video_2min_c4``..."""
+    return f"video_{length_name(minutes, count_targets)}" + (f"_{k}" if k else "")
 
 
 def held_out_video(folder: Path, minutes: float, seed: int, per_task: int, count_targets: int | None = None) -> Path:
@@ -270,8 +275,8 @@ def main(argv=None) -> int:
         for name, config in {**variants(args.token_budget, frames_for_budget), **extra}.items():
             if (args.variants or extra) and name not in (args.variants or []) and name not in extra:
                 continue
-            runs = f"{minutes:g}min" + (f"_c{args.count_targets}" if args.count_targets is not None else "")
-            r = run_variant(name, config, questions, args.model, adapter, out / runs / name, timelines,
+            r = run_variant(name, config, questions, args.model, adapter,
+                            out / length_name(minutes, args.count_targets) / name, timelines,
                             memories=out / "memories" if args.reuse_ingest else None)
             r["minutes"], r["videos"], r["count_targets"] = minutes, args.videos, args.count_targets
             results.append(r)
